@@ -1,0 +1,125 @@
+"""Request and response bodies of the HTTP API (the OpenAPI schema at /docs comes from here).
+
+Limits are module constants so the docs, the validation and the client agree on them.
+Embedding length is checked against the loaded model at request time (D comes from the
+bundle), with the same error shape as pydantic's validation errors.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_ITEM_ID_BYTES = 256
+MAX_BATCH_ITEMS = 1_000
+MAX_CANDIDATES = 1_000
+MAX_HISTORY = 500
+
+
+
+def _check_utf8_length(item_id: str) -> str:
+    # The limit is on stored bytes: max_length alone counts characters, not bytes.
+    if len(item_id.encode()) > MAX_ITEM_ID_BYTES:
+        raise ValueError(f"item_id is longer than {MAX_ITEM_ID_BYTES} bytes of UTF-8")
+    return item_id
+
+
+ItemId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_ITEM_ID_BYTES),
+    AfterValidator(_check_utf8_length),
+    Field(
+        description=f"Item identifier: 1 to {MAX_ITEM_ID_BYTES} bytes of UTF-8, any characters.",
+        examples=["85123A"],
+    ),
+]
+Sid = Annotated[
+    list[int],
+    Field(description="Semantic ID: L codes c_1..c_L, coarse to fine, each in [0, K).", examples=[[17, 201, 3]]),
+]
+WriteStatus = Literal["created", "updated", "unchanged"]
+
+
+class ItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: ItemId
+    embedding: list[float] = Field(
+        description="Content embedding, exactly D finite floats (D is the loaded model's input_dim, see /readyz).",
+    )
+
+
+class ItemBatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[ItemIn] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_ITEMS,
+        description=f"1 to {MAX_BATCH_ITEMS} items. All-or-nothing: one invalid item rejects the call "
+        "(the error names its index) and nothing is written.",
+    )
+
+
+class ItemOut(BaseModel):
+    item_id: ItemId
+    sid: Sid
+    model_version: str = Field(description="Version (weights hash) of the model that computed the SID.")
+    status: WriteStatus = Field(
+        description="created: new item; updated: its SID changed; unchanged: same SID was already stored."
+    )
+
+
+class ItemBatchOut(BaseModel):
+    model_version: str
+    items: list[ItemOut] = Field(description="One entry per input item, in input order.")
+
+
+class ItemRead(BaseModel):
+    item_id: ItemId
+    sid: Sid
+    model_version: str
+
+
+class FeaturesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    candidates: list[ItemId] = Field(
+        max_length=MAX_CANDIDATES,
+        description=f"Up to {MAX_CANDIDATES} candidate item IDs to rank. Duplicates are answered at each position.",
+    )
+    history: list[ItemId] = Field(
+        default_factory=list,
+        max_length=MAX_HISTORY,
+        description=f"Up to {MAX_HISTORY} item IDs of the user's watch history.",
+    )
+
+
+class FeatureConfigOut(BaseModel):
+    """The deployment's feature configuration: check it matches your embedding tables."""
+
+    parameterization: Literal["prefix_ngram", "unigram", "bigram", "overlapping_bigram"]
+    ngram: int = Field(description="N: prefix-ngram tokens per item (prefix_ngram only).")
+    table_size: int = Field(description="H: rows of the embedding table; row 0 is reserved for unknown items.")
+    codebook_size: int = Field(description="K: codes per level.")
+    levels: int = Field(description="L: codes per SID.")
+    num_tokens: int = Field(description="Rows per item in `rows`.")
+
+
+class FeatureBlock(BaseModel):
+    """Column-oriented answer for one list of IDs, aligned with the request's order."""
+
+    known: list[bool] = Field(description="False where the item has no SID stored (rows are then all 0).")
+    sids: list[Sid | None] = Field(description="Each item's SID, null when unknown.")
+    rows: list[list[int]] = Field(description="Each item's num_tokens embedding-table rows, in [0, H).")
+
+
+class FeaturesOut(BaseModel):
+    model_version: str
+    feature_config: FeatureConfigOut
+    candidates: FeatureBlock
+    history: FeatureBlock
+
+
+class ErrorOut(BaseModel):
+    detail: str = Field(description="What went wrong, for a human.")
