@@ -1,0 +1,81 @@
+"""Proof that the exported graph computes the model's codes: torch vs onnxruntime on the same
+inputs, plus onnxruntime CPU latency. torch.codes() and the graph share one formulation
+(export.py), so any disagreement is a bug to explain, never noise to tolerate."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from .bundle import Bundle
+from .rqvae import RQVAE
+
+
+def pad_with_jitter(x: np.ndarray, n: int, seed: int = 0, scale: float = 0.02) -> np.ndarray:
+    """At least n rows: x itself, then jittered copies of its rows (noise relative to each row's
+    norm), so small corpora still give a large parity sample near the real distribution."""
+    if len(x) >= n:
+        return x
+    rng = np.random.default_rng(seed)
+    rows = x[rng.integers(0, len(x), n - len(x))]
+    noise = rng.normal(size=rows.shape) * scale * np.linalg.norm(rows, axis=1, keepdims=True) / np.sqrt(x.shape[1])
+    return np.concatenate([x, (rows + noise).astype(np.float32)])
+
+
+def boundary_inputs(model: RQVAE, x: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Inputs on decision boundaries, where rounding would show: for an identity encoder the exact
+    midpoints of two level-1 codewords (mathematical ties); otherwise interpolations between
+    random item pairs, which cross many cells' boundaries."""
+    rng = np.random.default_rng(seed)
+    if model.hparams["identity"]:
+        cb = model.quantizer.codebooks[0].detach().cpu().numpy()
+        a, b = rng.integers(0, len(cb), n), rng.integers(0, len(cb), n)
+        return ((cb[a] + cb[b]) / 2).astype(np.float32)
+    i, j = rng.integers(0, len(x), n), rng.integers(0, len(x), n)
+    t = rng.random((n, 1), dtype=np.float32)
+    return (x[i] * t + x[j] * (1 - t)).astype(np.float32)
+
+
+def agreement(model: RQVAE, bundle: Bundle, x: np.ndarray) -> dict[str, Any]:
+    theirs = bundle.codes(x)
+    ours = model.cpu().eval().codes(torch.from_numpy(x)).numpy()
+    differ = np.flatnonzero((ours != theirs).any(axis=1))
+    return {
+        "n": int(len(x)),
+        "agree": int(len(x) - differ.size),
+        "agreement": float(1 - differ.size / max(len(x), 1)),
+        "first_differing_rows": differ[:10].tolist(),
+    }
+
+
+def latency(bundle: Bundle, x: np.ndarray, batch: int, runs: int) -> dict[str, float]:
+    """Median and p99 wall time (ms) of session.run on `batch` rows, after warm-up runs."""
+    feed = {bundle.manifest["onnx_input"]: pad_with_jitter(x, batch)[:batch]}
+    for _ in range(5):
+        bundle.session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        bundle.session.run(None, feed)
+        times.append((time.perf_counter() - t) * 1e3)
+    return {"batch": batch, "runs": runs, "median_ms": float(np.median(times)), "p99_ms": float(np.percentile(times, 99))}
+
+
+def verify(
+    model: RQVAE, bundle: Bundle, x: np.ndarray, n: int = 10_000, seed: int = 0,
+    latency_runs: tuple[int, int] = (500, 50),
+) -> dict[str, Any]:
+    """Parity on >= n real(-ish) embeddings and on boundary inputs; ORT latency at batch 1 and 1024."""
+    sample = pad_with_jitter(x, n, seed)
+    result = {
+        "model_version": bundle.manifest["model_version"],
+        "parity": agreement(model, bundle, sample),
+        "parity_boundary": agreement(model, bundle, boundary_inputs(model, x, n, seed)),
+        "latency_cpu": [latency(bundle, x, 1, latency_runs[0]), latency(bundle, x, 1024, latency_runs[1])],
+        "ort_threads": bundle.session.get_session_options().intra_op_num_threads,
+    }
+    result["ok"] = result["parity"]["agreement"] == 1.0 and result["parity_boundary"]["agreement"] == 1.0
+    return result
