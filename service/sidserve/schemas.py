@@ -17,7 +17,6 @@ MAX_CANDIDATES = 1_000
 MAX_HISTORY = 500
 
 
-
 def _check_utf8_length(item_id: str) -> str:
     # The limit is on stored bytes: max_length alone counts characters, not bytes.
     if len(item_id.encode()) > MAX_ITEM_ID_BYTES:
@@ -45,8 +44,10 @@ class ItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     item_id: ItemId
-    embedding: list[float] = Field(
-        description="Content embedding, exactly D finite floats (D is the loaded model's input_dim, see /readyz).",
+    embedding: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        description="Content embedding, exactly D finite floats (D is the loaded model's input_dim, see /readyz); "
+        "each must also be finite as float32 (|x| < 3.4e38).",
+        examples=[[0.12, -0.03, 0.57]],
     )
 
 
@@ -123,3 +124,19 @@ class FeaturesOut(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str = Field(description="What went wrong, for a human.")
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"] = Field(description="The process is up and serving HTTP.")
+
+
+class ReadyOut(BaseModel):
+    """What this instance serves: check D before uploading, and the feature config against your tables."""
+
+    status: Literal["ready"]
+    model_version: str = Field(description="Version (weights hash) of the loaded model bundle.")
+    method: str = Field(description="How the bundle's quantizer was trained (rqvae, rqkmeans).")
+    input_dim: int = Field(description="D: floats per embedding the model expects.")
+    levels: int = Field(description="L: codes per SID.")
+    codebook_size: int = Field(description="K: codes per level.")
+    feature_config: FeatureConfigOut

@@ -1,0 +1,408 @@
+"""The HTTP service: item upload (SIDs computed by the bundle's ONNX encoder, stored in Redis) and
+the ranking servers' batch feature fetch.
+
+Run it with the `sidserve` console script, or under uvicorn directly:
+    uvicorn sidserve.app:app                      (settings from SIDSERVE_* environment variables)
+    uvicorn --factory sidserve.app:create_app
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import storage
+from .features import FeatureConfig, feature_rows
+from .metrics import Metrics
+from .model import SidModel
+from .schemas import (
+    MAX_ITEM_ID_BYTES,
+    ErrorOut,
+    FeatureConfigOut,
+    FeaturesIn,
+    FeaturesOut,
+    HealthOut,
+    ItemBatchIn,
+    ItemBatchOut,
+    ItemId,
+    ItemIn,
+    ItemOut,
+    ItemRead,
+    ReadyOut,
+)
+from .settings import Settings
+from .storage import SidStore, StorageUnavailable
+
+log = logging.getLogger("sidserve")
+
+
+class NotReady(Exception):
+    """No model bundle is loaded, so nothing can be encoded or served."""
+
+
+@dataclass
+class Serving:
+    """What a loaded bundle brings: the model, its SID store and the served feature config."""
+
+    model: SidModel
+    store: SidStore
+    features: FeatureConfig
+    features_out: dict[str, Any]
+
+
+class ServiceState:
+    """Per-app resources, opened in the lifespan and closed after the last request."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.serving: Serving | None = None
+        self.redis = None
+
+    async def open(self) -> None:
+        s = self.settings
+        self.redis = storage.connect(
+            s.redis_url, s.redis_connect_timeout, s.redis_socket_timeout, s.redis_max_connections
+        )
+        if s.bundle is None:
+            log.warning("no model bundle configured (SIDSERVE_BUNDLE): not ready")
+            return
+        # A broken bundle stops the startup here with BundleError's message: fail fast, not at first request.
+        model = SidModel.load(s.bundle, s.onnx_intra_op_threads, s.onnx_spinning)
+        features = FeatureConfig(
+            s.parameterization, model.codebook_size, model.levels, s.ngram or model.levels, s.table_size
+        )
+        for warning in features.warnings():
+            log.warning("feature config: %s", warning)
+        features_out = FeatureConfigOut(
+            parameterization=features.parameterization.value, ngram=features.ngram,
+            table_size=features.table_size, codebook_size=features.codebook_size,
+            levels=features.levels, num_tokens=features.num_tokens,
+        ).model_dump()  # fmt: skip
+        store = SidStore(self.redis, model.version, model.levels, model.codebook_size, s.key_prefix)
+        self.serving = Serving(model, store, features, features_out)
+        self.metrics.model_info.labels(model.version, str(model.levels), str(model.codebook_size)).set(1)
+        log.info(
+            "model %s loaded from %s: D=%d L=%d K=%d; features %s",
+            model.version, s.bundle, model.input_dim, model.levels, model.codebook_size, features_out,
+        )  # fmt: skip
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.sidserve
+
+
+def get_serving(state: Annotated[ServiceState, Depends(get_state)]) -> Serving:
+    if state.serving is None:
+        raise NotReady()
+    return state.serving
+
+
+State = Annotated[ServiceState, Depends(get_state)]
+Ready = Annotated[Serving, Depends(get_serving)]
+
+
+def _retry_after_header(description: str) -> dict[str, Any]:
+    return {"model": ErrorOut, "description": description,
+            "headers": {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                        "schema": {"type": "integer"}}}}  # fmt: skip
+
+
+_E413 = {"model": ErrorOut, "description": "Request body larger than the configured limit (SIDSERVE_MAX_BODY_BYTES)."}
+_E503 = _retry_after_header("Redis unreachable or no model loaded; retry after Retry-After seconds.")
+_E404 = {"model": ErrorOut, "description": "No SID stored for this item under the loaded model version."}
+
+
+def _embeddings(items: list[ItemIn], dim: int, loc: tuple[str | int, ...]) -> np.ndarray:
+    """Items' embeddings as float32 [B, D]; 422 naming every bad item (index in loc) otherwise."""
+    errors = [
+        {"type": "embedding_length", "loc": (*loc, i, "embedding") if len(loc) > 1 else (*loc, "embedding"),
+         "msg": f"embedding has {len(item.embedding)} values, the model expects D={dim}",
+         "input": None}
+        for i, item in enumerate(items) if len(item.embedding) != dim
+    ]  # fmt: skip
+    if errors:
+        raise RequestValidationError(errors)
+    with np.errstate(over="ignore"):
+        x = np.array([item.embedding for item in items], dtype=np.float32).reshape(len(items), dim)
+    # pydantic rejected NaN/Inf; values beyond float32's range only become inf here.
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if bad.size:
+        raise RequestValidationError([
+            {"type": "finite_number", "loc": (*loc, int(i), "embedding") if len(loc) > 1 else (*loc, "embedding"),
+             "msg": "embedding has values outside float32's finite range (|x| > 3.4e38)", "input": None}
+            for i in bad
+        ])  # fmt: skip
+    return x
+
+
+async def _upsert(serving: Serving, state: ServiceState, items: list[ItemIn], x: np.ndarray) -> list[ItemOut]:
+    codes = await run_in_threadpool(serving.model.encode, x)  # CPU-bound: keep the event loop free
+    statuses = await serving.store.write([item.item_id for item in items], codes)
+    for status in statuses:
+        state.metrics.items_written.labels(status).inc()
+    version = serving.model.version
+    return [
+        ItemOut(item_id=item.item_id, sid=sid, model_version=version, status=status)
+        for item, sid, status in zip(items, codes.tolist(), statuses, strict=True)
+    ]
+
+
+def _block(codes: np.ndarray, known: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
+    sids = [sid if k else None for sid, k in zip(codes.tolist(), known.tolist(), strict=True)]
+    return {"known": known, "sids": sids, "rows": rows}
+
+
+MAX_REPORTED_ERRORS = 20
+
+
+def _public_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """FastAPI's validation error list, made safe to send: the offending `input` is echoed only
+    when it is a small finite scalar (NaN is not JSON; echoing a 384-float list helps nobody), and
+    at most MAX_REPORTED_ERRORS entries (one NaN-filled batch would otherwise list every float)."""
+    public = []
+    for error in errors[:MAX_REPORTED_ERRORS]:
+        entry = {"type": error["type"], "loc": list(error["loc"]), "msg": error["msg"]}
+        value = error.get("input")
+        if isinstance(value, bool | int | str) and len(str(value)) <= 100 or (
+            isinstance(value, float) and math.isfinite(value)
+        ):
+            entry["input"] = value
+        if "ctx" in error:
+            entry["ctx"] = {k: str(v) for k, v in error["ctx"].items()}
+        public.append(entry)
+    if len(errors) > MAX_REPORTED_ERRORS:
+        public.append({"type": "too_many_errors", "loc": ["body"],
+                       "msg": f"{len(errors) - MAX_REPORTED_ERRORS} more errors not shown"})  # fmt: skip
+    return public
+
+
+def _configure_logging(level: str) -> None:
+    log.setLevel(level.upper())
+    if not log.handlers and not logging.getLogger().handlers:  # uvicorn configures only its own loggers
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        log.addHandler(handler)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    _configure_logging(settings.log_level)
+    state = ServiceState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.open()
+        try:
+            yield
+        finally:
+            await state.close()
+
+    app = FastAPI(
+        title="sidserve",
+        version="0.1.0",
+        summary="Semantic-ID features for recommendation ranking.",
+        description="Upload items (their content embeddings are encoded to Semantic IDs by the loaded "
+        "model bundle and stored in Redis), then fetch SIDs and embedding-table rows of candidate and "
+        "history items in one call. Validation errors use FastAPI's shape: `{\"detail\": [{\"loc\", "
+        "\"msg\", \"type\"}]}`, with the item's index in `loc` for batch items; other errors are "
+        "`{\"detail\": \"message\"}`.",
+        lifespan=lifespan,
+    )
+    app.state.sidserve = state
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _public_errors(exc.errors())}, status_code=422)
+
+    @app.exception_handler(StorageUnavailable)
+    async def _storage_unavailable(request: Request, exc: StorageUnavailable) -> JSONResponse:
+        state.metrics.redis_errors.labels(exc.operation).inc()
+        log.warning("%s", exc)
+        return JSONResponse(
+            {"detail": f"{exc}. Retry later."}, status_code=503,
+            headers={"Retry-After": str(settings.retry_after_s)},
+        )  # fmt: skip
+
+    @app.exception_handler(NotReady)
+    async def _not_ready(request: Request, exc: NotReady) -> JSONResponse:
+        return JSONResponse(
+            {"detail": "No model bundle is loaded (set SIDSERVE_BUNDLE)."}, status_code=503,
+            headers={"Retry-After": str(settings.retry_after_s)},
+        )  # fmt: skip
+
+    @app.post(
+        "/v1/items", response_model=ItemOut, tags=["items"], responses={413: _E413, 503: _E503},
+        summary="Create or update one item",
+    )  # fmt: skip
+    async def upsert_item(item: ItemIn, serving: Ready) -> ItemOut:
+        """Compute the item's SID from its embedding and store it. Idempotent: re-sending the same
+        item answers `unchanged`; new content for a stored item replaces its SID (`updated`)."""
+        x = _embeddings([item], serving.model.input_dim, ("body",))
+        return (await _upsert(serving, state, [item], x))[0]
+
+    @app.post(
+        "/v1/items/batch", response_model=ItemBatchOut, tags=["items"], responses={413: _E413, 503: _E503},
+        summary="Create or update a batch of items, all or nothing",
+    )  # fmt: skip
+    async def upsert_items(batch: ItemBatchIn, serving: Ready) -> ItemBatchOut:
+        """Validate every item, encode them in one ONNX run, write them in one Redis transaction.
+        One invalid item rejects the call (422, its index in `loc`) and nothing is written. An ID
+        repeated in the batch is written in order: its last occurrence wins."""
+        x = _embeddings(batch.items, serving.model.input_dim, ("body", "items"))
+        items = await _upsert(serving, state, batch.items, x)
+        return ItemBatchOut(model_version=serving.model.version, items=items)
+
+    @app.get(
+        "/v1/items/{item_id:path}", response_model=ItemRead, tags=["items"],
+        responses={404: _E404, 503: _E503}, summary="Read an item's SID",
+    )  # fmt: skip
+    async def get_item(
+        item_id: Annotated[ItemId, PathParam(description=f"Item ID, 1 to {MAX_ITEM_ID_BYTES} bytes, URL-encoded.")],
+        serving: Ready,
+    ) -> ItemRead:
+        codes, known = await serving.store.read([item_id])
+        if not known[0]:
+            raise HTTPException(404, f"item {item_id!r} has no SID under model {serving.model.version}")
+        return ItemRead(item_id=item_id, sid=codes[0].tolist(), model_version=serving.model.version)
+
+    @app.post(
+        "/v1/features", response_model=FeaturesOut, tags=["features"], responses={413: _E413, 503: _E503},
+        summary="SIDs and embedding-table rows of candidates and history, in one call",
+    )  # fmt: skip
+    async def features(body: FeaturesIn, serving: Ready) -> Response:
+        """Answers aligned with the request order; duplicates are answered at each position. Unknown
+        items are not an error: `known` is false, `sids` null and `rows` all 0 (the reserved row)."""
+        ids = body.candidates + body.history
+        codes, known = await serving.store.read(ids)
+        rows = feature_rows(codes, serving.features, known)
+        n = len(body.candidates)
+        unknown = int(len(ids) - known.sum())
+        state.metrics.feature_lookups.labels("true").inc(len(ids) - unknown)
+        state.metrics.feature_lookups.labels("false").inc(unknown)
+        payload = {
+            "model_version": serving.model.version,
+            "feature_config": serving.features_out,
+            "candidates": _block(codes[:n], known[:n], rows[:n]),
+            "history": _block(codes[n:], known[n:], rows[n:]),
+        }
+        # Columnar numpy arrays straight to JSON: per-row pydantic models would cost more than Redis.
+        return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+    @app.get("/healthz", response_model=HealthOut, tags=["health"], summary="Liveness")
+    async def healthz() -> HealthOut:
+        """200 while the process serves HTTP; says nothing about Redis or the model (see /readyz)."""
+        return HealthOut(status="ok")
+
+    @app.get(
+        "/readyz", response_model=ReadyOut, tags=["health"], summary="Readiness",
+        responses={503: _retry_after_header("No model loaded, or Redis unreachable.")},
+    )  # fmt: skip
+    async def readyz(serving: Ready) -> ReadyOut:
+        """200 when a model is loaded and Redis answers a PING; shows what this instance serves."""
+        await serving.store.ping()
+        m = serving.model
+        return ReadyOut(
+            status="ready", model_version=m.version, method=str(m.manifest.get("method", "")),
+            input_dim=m.input_dim, levels=m.levels, codebook_size=m.codebook_size,
+            feature_config=FeatureConfigOut(**serving.features_out),
+        )  # fmt: skip
+
+    @app.get(
+        "/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format."}},
+    )  # fmt: skip
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(_Instrument, metrics=state.metrics)  # added last = outermost: times everything
+    return app
+
+
+class _BodyLimit:
+    """413 for request bodies over `limit` bytes, before they are parsed.
+
+    Starlette's own limit answers in plain text; this one keeps the API's `{"detail": ...}` JSON.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await JSONResponse(self._detail, status_code=413)(scope, receive, send)
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:  # chunked upload: no declared length to check up front
+                raise HTTPException(413, self._detail["detail"])  # FastAPI answers it as JSON
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    @property
+    def _detail(self) -> dict[str, str]:
+        return {"detail": f"request body larger than the limit of {self.limit} bytes (SIDSERVE_MAX_BODY_BYTES)"}
+
+
+class _Instrument:
+    """Request count and latency per route template (not raw path: bounded label values).
+
+    Pure ASGI rather than BaseHTTPMiddleware, which adds a task and a stream per request.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            self.metrics.latency.labels(endpoint, scope["method"]).observe(time.perf_counter() - start)
+            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+
+
+def __getattr__(name: str) -> Any:
+    # `uvicorn sidserve.app:app` looks up `app`: build it on first access, not at import.
+    if name == "app":
+        globals()["app"] = application = create_app()
+        return application
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,55 @@
+"""Prometheus metrics of one app instance, exposed at GET /metrics.
+
+Each app gets its own registry, so several apps can live in one process (tests). With several
+uvicorn workers, set PROMETHEUS_MULTIPROC_DIR to an empty directory so /metrics aggregates
+all worker processes (prometheus-client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# Features answers take a fraction of a millisecond to a few: the default buckets start at 5 ms.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
+    0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "sidserve_requests_total", "HTTP requests by route template, method and status code.",
+            ["endpoint", "method", "status"], registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "sidserve_request_duration_seconds", "Server-side request handling time by route template.",
+            ["endpoint", "method"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.redis_errors = Counter(
+            "sidserve_redis_errors_total", "Redis calls that failed (unreachable, timeout, refused).",
+            ["operation"], registry=r,
+        )  # fmt: skip
+        self.items_written = Counter(
+            "sidserve_items_written_total", "Items stored by item uploads, by outcome.", ["status"], registry=r
+        )
+        self.feature_lookups = Counter(
+            "sidserve_feature_lookups_total", "Item IDs answered by /v1/features, by whether a SID was stored.",
+            ["known"], registry=r,
+        )  # fmt: skip
+        self.model_info = Gauge(
+            "sidserve_model_info", "1 for the loaded model bundle.",
+            ["model_version", "levels", "codebook_size"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+
+    def render(self) -> bytes:
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -1,0 +1,74 @@
+"""Service configuration, read from environment variables prefixed `SIDSERVE_`.
+
+Every field below is one variable: `bundle` is `SIDSERVE_BUNDLE`, `redis_url` is
+`SIDSERVE_REDIS_URL`, and so on. The `sidserve` console script offers the same options as flags
+(flags win over the environment). README "Configuration" lists them with their defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .features import Parameterization
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIDSERVE_", extra="ignore")
+
+    # Model
+    bundle: Path | None = Field(
+        default=None,
+        description="Model bundle directory (encoder.onnx + manifest.json). Unset: the service "
+        "starts but is not ready and answers item/feature calls with 503.",
+    )
+    onnx_intra_op_threads: PositiveInt = Field(
+        default=1,
+        description="onnxruntime intra-op threads per process. 1 suits several workers sharing the cores.",
+    )
+    onnx_spinning: bool = Field(
+        default=False,
+        description="Let onnxruntime threads spin-wait between runs (lower latency, burns idle CPU).",
+    )
+
+    # Redis
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis connection URL.")
+    redis_connect_timeout: PositiveFloat = Field(
+        default=0.5, description="Seconds to wait for a TCP connection to Redis."
+    )
+    redis_socket_timeout: PositiveFloat = Field(
+        default=1.0, description="Seconds to wait for any one Redis reply; bounds a 503 when Redis hangs."
+    )
+    redis_max_connections: PositiveInt = Field(default=64, description="Connection pool size per process.")
+    key_prefix: str = Field(
+        default="sid", min_length=1, description="First component of every Redis key (see the key layout)."
+    )
+    retry_after_s: PositiveInt = Field(
+        default=1, description="Retry-After (seconds) sent with 503 answers while Redis is unreachable."
+    )
+
+    # Features
+    parameterization: Parameterization = Field(
+        default=Parameterization.PREFIX_NGRAM, description="Which SID tokens are served (feature contract)."
+    )
+    ngram: PositiveInt | None = Field(
+        default=None, description="N, prefix-ngram tokens per item; default L (all prefixes)."
+    )
+    # H - 1 = 1,000,003 is prime, so coprime with any codebook size K.
+    table_size: int = Field(
+        default=1_000_004, ge=2, description="H, rows of the ranking model's embedding table (row 0 = unknown)."
+    )
+
+    # HTTP
+    host: str = Field(default="127.0.0.1", description="Bind address (console script only).")
+    port: int = Field(default=8000, ge=0, le=65535, description="Bind port (console script only).")
+    workers: PositiveInt = Field(default=1, description="uvicorn worker processes (console script only).")
+    max_body_bytes: PositiveInt = Field(
+        default=32 * 1024 * 1024, description="Larger request bodies are refused with 413."
+    )
+    log_level: LogLevel = Field(default="info", description="Log level of the service and uvicorn.")
