@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,21 +11,34 @@ import pytest
 
 # --- sid_exporter: a real small model bundle, trained once per test session -------------------
 @pytest.fixture(scope="session")
-def sid_bundle_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, list[str]]:
-    """RQ-VAE (D=32, L=3, K=16) trained on 2,000 synthetic hierarchical items, exported."""
+def sid_bundle_build(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """RQ-VAE (D=32, L=3, K=16) trained on 2,000 synthetic hierarchical items, exported.
+
+    {"bundle": Path, "checkpoint": Path, "x": float32 [2000, 32], "ids": list[str]}
+    """
     pytest.importorskip("torch")  # the exporter extra; service-only installs skip these tests
     from sid_exporter.synthetic import build_demo_bundle
 
-    return build_demo_bundle(tmp_path_factory.mktemp("sid_bundle"), n=2000, dim=32, levels=3, codebook_size=16)
+    checkpoint = tmp_path_factory.mktemp("sid_bundle_checkpoint") / "model.pt"
+    bundle, x, ids = build_demo_bundle(
+        tmp_path_factory.mktemp("sid_bundle"), n=2000, dim=32, levels=3, codebook_size=16, checkpoint=checkpoint
+    )
+    return {"bundle": bundle, "checkpoint": checkpoint, "x": x, "ids": ids}
 
 
 @pytest.fixture(scope="session")
-def sid_bundle(sid_bundle_build: tuple[Path, np.ndarray, list[str]]) -> Path:
+def sid_bundle(sid_bundle_build: dict[str, Any]) -> Path:
     """Directory holding encoder.onnx + manifest.json (format sidserve-bundle/1)."""
-    return sid_bundle_build[0]
+    return sid_bundle_build["bundle"]
 
 
 @pytest.fixture(scope="session")
-def sid_bundle_data(sid_bundle_build: tuple[Path, np.ndarray, list[str]]) -> tuple[np.ndarray, list[str]]:
+def sid_bundle_data(sid_bundle_build: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
     """(x float32 [2000, 32], ids) the sid_bundle model was trained on."""
-    return sid_bundle_build[1], sid_bundle_build[2]
+    return sid_bundle_build["x"], sid_bundle_build["ids"]
+
+
+@pytest.fixture(scope="session")
+def sid_bundle_checkpoint(sid_bundle_build: dict[str, Any]) -> Path:
+    """The torch checkpoint sid_bundle was exported from (sid_exporter.train.load_checkpoint)."""
+    return sid_bundle_build["checkpoint"]

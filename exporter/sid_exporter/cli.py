@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--kmeans-iters", type=int, default=d.kmeans_iters)
     t.add_argument("--balanced", action="store_true", help="rqkmeans: equal-size clusters (OneRec)")
     t.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    t.add_argument("--threads", type=int, default=d.threads, help="CPU threads (default: torch's)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="write a model bundle (encoder.onnx + manifest.json) from a checkpoint")

@@ -52,14 +52,16 @@ def build_demo_bundle(
     seed: int = 0,
     method: str = "rqvae",
     epochs: int = 30,
+    checkpoint: str | Path | None = None,
 ) -> tuple[Path, np.ndarray, list[str]]:
-    """Train a small model on synthetic hierarchical data and export its bundle to out_dir.
+    """Train a small model on synthetic hierarchical data and export its bundle to out_dir
+    (and its checkpoint to `checkpoint` if given, e.g. for `sid-exporter verify`).
 
     Shared by the test fixture `sid_bundle` and the demo, so both serve the same kind of model.
     Returns (bundle_dir, x, ids).
     """
     from .export import export_bundle  # torch is an optional extra: import lazily
-    from .train import TrainConfig, train
+    from .train import TrainConfig, save_checkpoint, train
 
     x, ids = hierarchical_clusters(n, dim, branching=(8, 8, 8), seed=seed)
     config = TrainConfig(
@@ -72,6 +74,9 @@ def build_demo_bundle(
         batch_size=256,
         seed=seed,
         device="cpu",
+        threads=1,  # a tiny model: more threads only add contention, and 1 is reproducible anywhere
     )
     model, metrics = train(x, config)
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, model, config, metrics, x)
     return export_bundle(model, out_dir, x, metrics), x, ids

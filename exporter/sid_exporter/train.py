@@ -43,6 +43,7 @@ class TrainConfig:
     kmeans_iters: int = 25
     balanced: bool = False  # rqkmeans: equal-size clusters (OneRec)
     device: str = "auto"  # "auto" picks CUDA when present
+    threads: int | None = None  # CPU threads; None keeps torch's default (small models: 1 is fastest)
 
     def __post_init__(self) -> None:
         self.hidden = tuple(self.hidden)
@@ -62,8 +63,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 @contextlib.contextmanager
-def deterministic(seed: int, device: torch.device) -> Iterator[torch.Generator]:
-    """Seeded generator plus torch's deterministic mode, restored on exit (it is process-global).
+def deterministic(seed: int, device: torch.device, threads: int | None = None) -> Iterator[torch.Generator]:
+    """Seeded generator, torch's deterministic mode and the thread count, all restored on exit
+    (they are process-global).
 
     On CPU, same seed + data + thread count gives byte-identical weights. CUDA kernels such as
     index_add_ have no deterministic variant, so there it only warns.
@@ -71,12 +73,16 @@ def deterministic(seed: int, device: torch.device) -> Iterator[torch.Generator]:
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     was, was_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    was_threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(seed)
     try:
         yield torch.Generator(device=device).manual_seed(seed)
     finally:
         torch.use_deterministic_algorithms(was, warn_only=was_warn)
+        torch.set_num_threads(was_threads)
 
 
 def train(x: np.ndarray, config: TrainConfig) -> tuple[RQVAE, dict[str, Any]]:
@@ -85,7 +91,7 @@ def train(x: np.ndarray, config: TrainConfig) -> tuple[RQVAE, dict[str, Any]]:
     x = validate_embeddings(x, "training embeddings")
     device = resolve_device(config.device)
     start = time.perf_counter()
-    with deterministic(config.seed, device) as gen:
+    with deterministic(config.seed, device, config.threads) as gen:
         xt = torch.from_numpy(x).to(device)
         if config.method == "rqkmeans":
             model = fit_rqkmeans(
@@ -100,7 +106,7 @@ def train(x: np.ndarray, config: TrainConfig) -> tuple[RQVAE, dict[str, Any]]:
         **extra,
         "train_seconds": round(time.perf_counter() - start, 3),
         "device": str(device),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": config.threads or torch.get_num_threads(),
         "config": asdict(config),
     }
     return model, metrics
