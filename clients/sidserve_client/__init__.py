@@ -1,0 +1,27 @@
+"""Python client of the sidserve HTTP API: item upload and ranking-server feature fetch.
+
+    from sidserve_client import SidServeClient
+    with SidServeClient("http://127.0.0.1:8000") as client:
+        client.upsert_items(ids, embeddings)               # auto-chunked, retried on 503
+        features = client.features(candidates, history)   # numpy rows, aligned with the inputs
+"""
+
+from .client import MAX_BATCH_ITEMS, AsyncSidServeClient, RetryPolicy, SidServeClient
+from .models import (
+    FeatureBlock,
+    FeatureConfig,
+    Features,
+    InvalidRequest,
+    ItemNotFound,
+    ItemSid,
+    ItemWrite,
+    Readiness,
+    ServiceUnavailable,
+    SidServeError,
+)
+
+__all__ = [
+    "MAX_BATCH_ITEMS", "AsyncSidServeClient", "RetryPolicy", "SidServeClient",
+    "FeatureBlock", "FeatureConfig", "Features", "InvalidRequest", "ItemNotFound", "ItemSid",
+    "ItemWrite", "Readiness", "ServiceUnavailable", "SidServeError",
+]  # fmt: skip
