@@ -42,3 +42,8 @@ def sid_bundle_data(sid_bundle_build: dict[str, Any]) -> tuple[np.ndarray, list[
 def sid_bundle_checkpoint(sid_bundle_build: dict[str, Any]) -> Path:
     """The torch checkpoint sid_bundle was exported from (sid_exporter.train.load_checkpoint)."""
     return sid_bundle_build["checkpoint"]
+
+
+# --- sidserve: a real Redis (private redis-server or REDIS_URL) and the service under uvicorn --
+from redis_fixtures import redis_process, redis_url  # noqa: E402,F401  (tests/ is on sys.path)
+from service_fixtures import live_service  # noqa: E402,F401
