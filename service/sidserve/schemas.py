@@ -72,14 +72,14 @@ class ItemOut(BaseModel):
 
 
 class ItemBatchOut(BaseModel):
-    model_version: str
+    model_version: str = Field(description="Version of the model that computed the SIDs.")
     items: list[ItemOut] = Field(description="One entry per input item, in input order.")
 
 
 class ItemRead(BaseModel):
     item_id: ItemId
     sid: Sid
-    model_version: str
+    model_version: str = Field(description="Version of the model that computed the SID (the loaded one).")
 
 
 class FeaturesIn(BaseModel):
@@ -99,7 +99,10 @@ class FeaturesIn(BaseModel):
 class FeatureConfigOut(BaseModel):
     """The deployment's feature configuration: check it matches your embedding tables."""
 
-    parameterization: Literal["prefix_ngram", "unigram", "bigram", "overlapping_bigram"]
+    parameterization: Literal["prefix_ngram", "unigram", "bigram", "overlapping_bigram"] = Field(
+        description="Which SID tokens map to rows (README, 'The feature contract'): prefix n-grams (Meta), "
+        "per-level unigrams or non-overlapping bigrams (Google), or overlapping bigrams (Meta)."
+    )
     ngram: int = Field(description="N: prefix-ngram tokens per item (prefix_ngram only).")
     table_size: int = Field(description="H: rows of the embedding table; row 0 is reserved for unknown items.")
     codebook_size: int = Field(description="K: codes per level.")
@@ -116,7 +119,7 @@ class FeatureBlock(BaseModel):
 
 
 class FeaturesOut(BaseModel):
-    model_version: str
+    model_version: str = Field(description="Version of the model whose SIDs are served.")
     feature_config: FeatureConfigOut
     candidates: FeatureBlock
     history: FeatureBlock
@@ -133,7 +136,7 @@ class HealthOut(BaseModel):
 class ReadyOut(BaseModel):
     """What this instance serves: check D before uploading, and the feature config against your tables."""
 
-    status: Literal["ready"]
+    status: Literal["ready"] = Field(description="Always `ready` in a 200 answer.")
     model_version: str = Field(description="Version (weights hash) of the loaded model bundle.")
     method: str = Field(description="How the bundle's quantizer was trained (rqvae, rqkmeans).")
     input_dim: int = Field(description="D: floats per embedding the model expects.")
