@@ -251,3 +251,13 @@ def test_no_model_means_not_ready(redis_url: str) -> None:
                   _post(http, "/v1/items", {"item_id": "a", "embedding": [0.0]})):  # fmt: skip
             assert r.status_code == 503 and "No model bundle" in r.json()["detail"]
             assert r.headers["retry-after"] == "1"
+
+
+def test_startup_warns_about_feature_config(
+    sid_bundle: Path, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # H - 1 = 1024 shares factors with K = 16 and the 4,368 prefixes do not fit: modulo hash, uneven.
+    with caplog.at_level("WARNING", logger="sidserve"):
+        with serve(service_settings(sid_bundle, redis_url, table_size=1025)):
+            pass
+    assert any("coprime with K" in r.getMessage() for r in caplog.records)
