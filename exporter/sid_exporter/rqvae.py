@@ -64,14 +64,18 @@ class ResidualQuantizer(nn.Module):
             # Commitment pulls the encoder toward its codes; the codebook term pulls codes to data.
             loss = loss + self.beta * (residual - e.detach()).pow(2).sum(-1).mean()
             loss = loss + (residual.detach() - e).pow(2).sum(-1).mean()
-            if self.training:
-                self.usage[level] += torch.bincount(idx, minlength=self.codebook_size)
             codes.append(idx)
             residuals.append(residual.detach())
             quantized = quantized + e.detach()
             residual = residual - e.detach()  # later levels must not move earlier codebooks
         z_hat = z + (quantized - z).detach()  # straight-through: decoder gradient goes to the encoder
         return z_hat, torch.stack(codes, -1), loss, residuals
+
+    @torch.no_grad()
+    def record_usage(self, codes: torch.Tensor) -> None:
+        """Count code use of a training batch [B, L], for the dead-code reset."""
+        for level in range(self.levels):
+            self.usage[level] += torch.bincount(codes[:, level], minlength=self.codebook_size)
 
     @torch.no_grad()
     def reset_dead_codes(self, residuals: list[torch.Tensor], generator: torch.Generator) -> int:

@@ -127,10 +127,11 @@ def _train_rqvae(x: torch.Tensor, config: TrainConfig, gen: torch.Generator) -> 
     step, n_reset, history = 0, 0, []
     while step < total:
         for batch in torch.randperm(n, generator=gen, device=x.device).split(config.batch_size):
-            _, _, losses = model(x[batch])
+            _, codes, losses = model(x[batch])
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             opt.step()
+            model.quantizer.record_usage(codes)
             step += 1
             if step % config.dead_code_window == 0 and step < total:
                 # Residuals under the current weights, so reset codes land where the data now is.
