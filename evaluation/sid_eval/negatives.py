@@ -20,6 +20,8 @@ _RESAMPLE_ROUNDS = 5  # collisions with the user's own same-day purchases are re
 
 @dataclass(frozen=True)
 class Examples:
+    user: np.ndarray  # int64 [n]
+    day: np.ndarray  # int64 [n]
     item: np.ndarray  # int64 [n], candidate catalog row
     hist: np.ndarray  # int64 [n, M], history catalog rows (PAD = -1)
     label: np.ndarray  # float32 [n]
@@ -52,6 +54,8 @@ def with_negatives(events: Events, n_neg: int, seed: int) -> Examples:
     keep[todo] = False
     src, neg = src[keep], neg[keep]
     return Examples(
+        user=np.concatenate([events.user, events.user[src]]),
+        day=np.concatenate([events.day, events.day[src]]),
         item=np.concatenate([events.item, neg]),
         hist=np.concatenate([events.hist, events.hist[src]]),
         label=np.concatenate([np.ones(len(events), np.float32), np.zeros(len(neg), np.float32)]),
