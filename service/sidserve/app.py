@@ -22,6 +22,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from redis.asyncio import Redis
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -71,7 +72,7 @@ class ServiceState:
         self.settings = settings
         self.metrics = Metrics()
         self.serving: Serving | None = None
-        self.redis = None
+        self.redis: Redis | None = None
 
     async def open(self) -> None:
         s = self.settings
@@ -116,7 +117,6 @@ def get_serving(state: Annotated[ServiceState, Depends(get_state)]) -> Serving:
     return state.serving
 
 
-State = Annotated[ServiceState, Depends(get_state)]
 Ready = Annotated[Serving, Depends(get_serving)]
 
 
@@ -131,12 +131,15 @@ _E503 = _retry_after_header("Redis unreachable or no model loaded; retry after R
 _E404 = {"model": ErrorOut, "description": "No SID stored for this item under the loaded model version."}
 
 
-def _embeddings(items: list[ItemIn], dim: int, loc: tuple[str | int, ...]) -> np.ndarray:
-    """Items' embeddings as float32 [B, D]; 422 naming every bad item (index in loc) otherwise."""
+def _embeddings(items: list[ItemIn], dim: int, batch: bool) -> np.ndarray:
+    """Items' embeddings as float32 [B, D]; 422 naming every bad item (its index in loc) otherwise."""
+
+    def loc(i: int) -> tuple[str | int, ...]:
+        return ("body", "items", i, "embedding") if batch else ("body", "embedding")
+
     errors = [
-        {"type": "embedding_length", "loc": (*loc, i, "embedding") if len(loc) > 1 else (*loc, "embedding"),
-         "msg": f"embedding has {len(item.embedding)} values, the model expects D={dim}",
-         "input": None}
+        {"type": "embedding_length", "loc": loc(i),
+         "msg": f"embedding has {len(item.embedding)} values, the model expects D={dim}"}
         for i, item in enumerate(items) if len(item.embedding) != dim
     ]  # fmt: skip
     if errors:
@@ -147,8 +150,8 @@ def _embeddings(items: list[ItemIn], dim: int, loc: tuple[str | int, ...]) -> np
     bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
     if bad.size:
         raise RequestValidationError([
-            {"type": "finite_number", "loc": (*loc, int(i), "embedding") if len(loc) > 1 else (*loc, "embedding"),
-             "msg": "embedding has values outside float32's finite range (|x| > 3.4e38)", "input": None}
+            {"type": "finite_number", "loc": loc(int(i)),
+             "msg": "embedding has values outside float32's finite range (|x| > 3.4e38)"}
             for i in bad
         ])  # fmt: skip
     return x
@@ -182,7 +185,7 @@ def _public_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for error in errors[:MAX_REPORTED_ERRORS]:
         entry = {"type": error["type"], "loc": list(error["loc"]), "msg": error["msg"]}
         value = error.get("input")
-        if isinstance(value, bool | int | str) and len(str(value)) <= 100 or (
+        if (isinstance(value, bool | int | str) and len(str(value)) <= 100) or (
             isinstance(value, float) and math.isfinite(value)
         ):
             entry["input"] = value
@@ -256,7 +259,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def upsert_item(item: ItemIn, serving: Ready) -> ItemOut:
         """Compute the item's SID from its embedding and store it. Idempotent: re-sending the same
         item answers `unchanged`; new content for a stored item replaces its SID (`updated`)."""
-        x = _embeddings([item], serving.model.input_dim, ("body",))
+        x = _embeddings([item], serving.model.input_dim, batch=False)
         return (await _upsert(serving, state, [item], x))[0]
 
     @app.post(
@@ -267,7 +270,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Validate every item, encode them in one ONNX run, write them in one Redis transaction.
         One invalid item rejects the call (422, its index in `loc`) and nothing is written. An ID
         repeated in the batch is written in order: its last occurrence wins."""
-        x = _embeddings(batch.items, serving.model.input_dim, ("body", "items"))
+        x = _embeddings(batch.items, serving.model.input_dim, batch=True)
         items = await _upsert(serving, state, batch.items, x)
         return ItemBatchOut(model_version=serving.model.version, items=items)
 
