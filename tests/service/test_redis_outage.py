@@ -73,3 +73,15 @@ def test_client_retries_until_redis_returns(
         with SidServeClient(service.url, retry=RetryPolicy(attempts=5, backoff=0.05, max_backoff=1.5)) as client:
             assert client.upsert_item("late", x[1]).status == "created"
         restart.join()
+
+
+def test_starts_without_redis_and_becomes_ready_when_it_appears(sid_bundle: Path, tmp_path: Path) -> None:
+    redis_later = RedisProcess(tmp_path)  # port chosen, server not started yet
+    with serve(service_settings(sid_bundle, redis_later.url)) as service, httpx.Client(base_url=service.url) as http:
+        r = http.get("/readyz")
+        assert r.status_code == 503 and "Redis unavailable" in r.json()["detail"]
+        redis_later.start()
+        try:
+            assert http.get("/readyz").status_code == 200
+        finally:
+            redis_later.stop()
