@@ -1,0 +1,247 @@
+"""A minimal HTTP/1.1 keep-alive client on asyncio protocols, for the load generator.
+
+Why not httpx: at 1,000 requests/s on a 2-core machine shared with the service, the client's
+own CPU time competes with the service it measures. httpx costs several hundred microseconds
+of CPU per request (see README "Load tests and benchmarks" for the measured figures); this
+client costs a few tens: one pre-encoded request is written to an idle connection, the
+response is parsed with two `find`s, and a callback fires. No tasks, no header objects.
+
+Scope: what the load test needs and nothing more. One request in flight per connection (no
+pipelining); responses framed by Content-Length or chunked encoding; connections are opened on
+demand up to a limit, so a slow service cannot throttle the arrival rate (open model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# on_done(status, body, t_sent, t_done, error): status 0 and error set on transport failures.
+Callback = Callable[[int, bytes, float, float, "str | None"], None]
+
+
+def encode_request(method: str, path: str, host: str, body: bytes = b"",
+                   content_type: str = "application/json") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"
+    if body or method in ("POST", "PUT", "PATCH"):
+        head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+    return (head + "\r\n").encode("latin-1") + body
+
+
+class _Conn(asyncio.Protocol):
+    __slots__ = ("pool", "transport", "buf", "cb", "t_sent", "closed")
+
+    def __init__(self, pool: RawHttpPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.cb: Callback | None = None
+        self.t_sent = 0.0
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, request: bytes, cb: Callback) -> None:
+        self.cb = cb
+        self.t_sent = time.perf_counter()
+        self.transport.write(request)  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(buf[:end]).lower()
+        start = end + 4
+        i = head.find(b"\ncontent-length:")
+        if i >= 0:
+            j = head.find(b"\r", i + 16)
+            length = int(head[i + 16 : j if j >= 0 else len(head)])
+            if len(buf) < start + length:
+                return
+            body = bytes(buf[start : start + length])
+            del buf[: start + length]
+        elif b"\ntransfer-encoding: chunked" in head:
+            if buf.find(b"\r\n0\r\n\r\n", start - 2) < 0:
+                return
+            body, used = _dechunk(buf, start)
+            del buf[:used]
+        else:  # no framing: not produced by uvicorn for these endpoints
+            self._fail("response without Content-Length or chunked encoding")
+            return
+        status = int(head[9:12])
+        cb, self.cb = self.cb, None
+        t_sent, t_done = self.t_sent, time.perf_counter()
+        if b"\nconnection: close" in head:
+            self.closed = True
+            self.transport.close()  # type: ignore[union-attr]
+        else:
+            self.pool._release(self)
+        if cb is not None:
+            cb(status, body, t_sent, t_done, None)
+
+    def _fail(self, why: str) -> None:
+        cb, self.cb = self.cb, None
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+        if cb is not None:
+            cb(0, b"", self.t_sent, time.perf_counter(), why)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool._lost(self)
+        if self.cb is not None:
+            self._fail(f"connection lost: {exc!r}")
+
+
+def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int]:
+    out = bytearray()
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
+        pos = eol + 2
+        if size == 0:
+            return bytes(out), pos + 2
+        out += buf[pos : pos + size]
+        pos += size + 2
+
+
+@dataclass
+class RawHttpPool:
+    """Keep-alive connections to one host:port; `submit` never blocks the caller."""
+
+    host: str
+    port: int
+    max_connections: int = 512
+    timeout_s: float = 10.0
+    idle: list[_Conn] = field(default_factory=list)
+    busy: set[_Conn] = field(default_factory=set)
+    waiting: deque = field(default_factory=deque)
+    connecting: int = 0
+    opened: int = 0
+    max_waiting: int = 0
+
+    @property
+    def host_header(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def _open_one(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.connecting += 1
+        try:
+            _, conn = await loop.create_connection(lambda: _Conn(self), self.host, self.port)
+        except OSError as e:
+            self.connecting -= 1
+            if self.waiting:  # fail one waiter, so a down service shows as errors, not a hang
+                _, cb = self.waiting.popleft()
+                cb(0, b"", time.perf_counter(), time.perf_counter(), f"connect failed: {e!r}")
+            return
+        self.connecting -= 1
+        self.opened += 1
+        self._release(conn)
+
+    async def warm(self, n: int) -> None:
+        await asyncio.gather(*(self._open_one() for _ in range(n)))
+
+    def submit(self, request: bytes, cb: Callback) -> None:
+        if self.idle:
+            conn = self.idle.pop()
+            self.busy.add(conn)
+            conn.send(request, cb)
+            return
+        self.waiting.append((request, cb))
+        self.max_waiting = max(self.max_waiting, len(self.waiting))
+        if len(self.busy) + self.connecting < self.max_connections:
+            asyncio.get_running_loop().create_task(self._open_one())
+
+    def _release(self, conn: _Conn) -> None:
+        if conn.closed:
+            self.busy.discard(conn)
+            return
+        if self.waiting:
+            request, cb = self.waiting.popleft()
+            self.busy.add(conn)
+            conn.send(request, cb)
+        else:
+            self.busy.discard(conn)
+            self.idle.append(conn)
+
+    def _lost(self, conn: _Conn) -> None:
+        self.busy.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+        if self.waiting and len(self.busy) + self.connecting < self.max_connections:
+            asyncio.get_running_loop().create_task(self._open_one())
+
+    def expire(self, now: float) -> int:
+        """Fail requests in flight longer than timeout_s (their connections are closed)."""
+        n = 0
+        for conn in list(self.busy):
+            if conn.cb is not None and now - conn.t_sent > self.timeout_s:
+                conn._fail(f"timeout after {self.timeout_s} s")
+                n += 1
+        return n
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.busy) + len(self.waiting)
+
+    def close(self) -> None:
+        for conn in self.idle + list(self.busy):
+            if conn.transport is not None:
+                conn.transport.close()
+        self.idle.clear()
+        self.busy.clear()
+
+
+class HttpxPool:
+    """The same interface on httpx.AsyncClient (one task per request), to compare client cost."""
+
+    def __init__(self, host: str, port: int, max_connections: int = 512, timeout_s: float = 10.0) -> None:
+        import httpx
+
+        self.host, self.port = host, port
+        self.client = httpx.AsyncClient(
+            base_url=f"http://{host}:{port}",
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            timeout=timeout_s,
+        )
+        self.in_flight = 0
+        self.max_waiting = 0
+        self.opened = 0
+
+    @property
+    def host_header(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def warm(self, n: int) -> None:
+        await asyncio.gather(*(self.client.get("/healthz") for _ in range(n)), return_exceptions=True)
+
+    def submit(self, request: bytes, cb: Callback) -> None:
+        head, _, body = request.partition(b"\r\n\r\n")
+        method, path, _ = head.split(b"\r\n", 1)[0].decode().split(" ")
+        self.in_flight += 1
+        asyncio.get_running_loop().create_task(self._do(method, path, body, cb))
+
+    async def _do(self, method: str, path: str, body: bytes, cb: Callback) -> None:
+        t_sent = time.perf_counter()
+        try:
+            r = await self.client.request(method, path, content=body or None,
+                                          headers={"content-type": "application/json"})
+            status, content, err = r.status_code, r.content, None
+        except Exception as e:  # noqa: BLE001 - every failure is one error of the run
+            status, content, err = 0, b"", repr(e)
+        self.in_flight -= 1
+        cb(status, content, t_sent, time.perf_counter(), err)
+
+    def expire(self, now: float) -> int:
+        return 0
+
+    def close(self) -> None:
+        asyncio.get_event_loop().create_task(self.client.aclose())

@@ -1,0 +1,177 @@
+"""Unit tests of the load generator's measuring parts: histogram, percentiles, arrival schedule,
+key popularity, and the raw HTTP client's framing."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("hdrh")
+
+from loadtest import driver, rawhttp, schedule, workload  # noqa: E402
+from loadtest.hist import LatencyHistogram, bucket_quantile  # noqa: E402
+
+
+def exact_percentile(values: np.ndarray, p: float) -> float:
+    """HDR semantics: smallest v with at least p % of the samples <= v."""
+    v = np.sort(values)
+    k = max(1, math.ceil(p / 100 * len(v)))
+    return float(v[k - 1])
+
+
+@pytest.mark.parametrize("p", [50, 90, 99, 99.9, 100])
+def test_percentiles_match_exact_within_resolution(p):
+    rng = np.random.default_rng(1)
+    us = np.round(rng.lognormal(mean=np.log(800), sigma=0.6, size=50_000))  # ~0.8 ms, long tail
+    h = LatencyHistogram()
+    for v in us:
+        h.record_us(v)
+    assert h.count == len(us)
+    got = h.percentile_ms(p)
+    # 3 significant digits, and HDR may round the rank by one sample (sparse tail values)
+    v = np.sort(us)
+    k = max(1, math.ceil(p / 100 * len(v)))
+    lo, hi = v[max(0, k - 2)] / 1000, v[min(len(v) - 1, k)] / 1000
+    assert lo * (1 - 1e-3) - 0.001 <= got <= hi * (1 + 1e-3) + 0.001, (p, got, exact_percentile(us, p) / 1000)
+
+
+def test_sub_millisecond_resolution_and_summary():
+    h = LatencyHistogram()
+    for us in (120, 130, 140, 150, 5000):
+        h.record_s(us / 1e6)
+    s = h.summary()
+    assert s["count"] == 5
+    assert s["p50_ms"] == pytest.approx(0.140, abs=0.001)
+    assert s["max_ms"] == pytest.approx(5.0, rel=1e-3)
+    assert s["p999_ms"] == pytest.approx(5.0, rel=1e-3)
+
+
+def test_clamping_and_merge_and_empty():
+    a, b = LatencyHistogram(), LatencyHistogram()
+    assert math.isnan(a.percentile_ms(50)) and a.summary()["count"] == 0
+    a.record_us(0)  # below the lowest trackable value: counted as 1 us
+    b.record_s(1e6)  # above the highest: counted as 60 s
+    a.merge(b)
+    assert a.count == 2
+    assert a.percentile_ms(50) == pytest.approx(0.001)
+    assert a.max_ms() == pytest.approx(60_000, rel=1e-3)
+
+
+def test_bucket_quantile_like_prometheus():
+    buckets = [(0.001, 0), (0.002, 50), (0.004, 100), (math.inf, 100)]
+    assert bucket_quantile(0.5, buckets) == pytest.approx(0.002)
+    assert bucket_quantile(0.25, buckets) == pytest.approx(0.0015)
+    assert bucket_quantile(0.75, buckets) == pytest.approx(0.003)
+    assert bucket_quantile(0.99, [(0.001, 10), (math.inf, 20)]) == 0.001  # in +Inf: highest bound
+    assert math.isnan(bucket_quantile(0.5, [(0.001, 0), (math.inf, 0)]))
+
+
+def test_constant_schedule():
+    off = schedule.constant_offsets(500, 2.0)
+    assert len(off) == 1000
+    assert off[0] == 0.0
+    assert np.allclose(np.diff(off), 1 / 500)
+    assert off[-1] < 2.0
+    assert len(schedule.constant_offsets(3, 1.0)) == 3
+    with pytest.raises(ValueError):
+        schedule.constant_offsets(0, 1)
+
+
+def test_poisson_schedule_rate():
+    off = schedule.poisson_offsets(1000, 20.0, seed=3)
+    assert np.all(np.diff(off) > 0) and off[-1] < 20.0
+    assert len(off) == pytest.approx(20_000, rel=0.03)
+    gaps = np.diff(off)
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, rel=0.05)  # exponential: CV = 1
+
+
+def test_zipf_sampler_skew_and_uniform():
+    n = 100_000
+    z = workload.KeySampler(n, "zipf", s=1.0, seed=0)
+    draws = z.sample(200_000)
+    assert draws.min() >= 0 and draws.max() < n
+    counts = np.bincount(draws, minlength=n)
+    top = np.sort(counts)[::-1]
+    harmonic = np.sum(1 / np.arange(1, n + 1))
+    assert top[0] / len(draws) == pytest.approx(1 / harmonic, rel=0.05)  # most popular item
+    assert top[:1000].sum() / len(draws) == pytest.approx(z.top_share(1000), abs=0.01)
+    assert z.top_share(1000) == pytest.approx(np.sum(1 / np.arange(1, 1001)) / harmonic)
+    assert np.argmax(counts) == z.perm[0]  # rank 1 is a shuffled item, not item 0
+    u = workload.KeySampler(n, "uniform", seed=0).sample(200_000)
+    assert np.bincount(u, minlength=n).max() < 20
+    assert workload.item_id(7) == "item-00000007"
+
+
+def test_driver_open_model_against_a_tiny_server():
+    """The driver sends on schedule whatever the server does, and latency counts from the
+    intended time: a server that stalls 50 ms once shows it in the latency, not in fewer sends."""
+
+    async def main():
+        stalled = []
+
+        async def handle(reader, writer):
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    writer.close()
+                    return
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                body = await reader.readexactly(length)
+                if body == b"stall" and not stalled:
+                    stalled.append(1)
+                    await asyncio.sleep(0.05)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: x\r\n\r\nok")
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = rawhttp.RawHttpPool("127.0.0.1", port, max_connections=1)  # one connection: requests queue
+        await pool.warm(1)
+        reqs = [rawhttp.encode_request("POST", "/", pool.host_header, b"stall" if i == 10 else b"x")
+                for i in range(200)]
+        kinds = [driver.RequestKind("k", lambda i: reqs[i], check=lambda b: None if b == b"ok" else "bad")]
+        res = await driver.drive(pool, schedule.constant_offsets(400, 0.5), kinds, rate=400)
+        pool.close()
+        server.close()
+        await server.wait_closed()
+        return res
+
+    res = driver.run(main())
+    t = res.total()
+    assert res.scheduled == 200 and t.sent == 200 and t.ok == 200 and not t.errors
+    # the 50 ms stall delayed the ~20 requests queued behind it on the single connection:
+    # measured from their intended times they are slow although each was served fast.
+    assert t.latency.max_ms() >= 45
+    assert t.latency.percentile_ms(90) >= 5
+    assert t.service.percentile_ms(50) < 5
+
+
+def test_driver_counts_errors_and_transport_failures():
+    async def main():
+        async def handle(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
+            await writer.drain()
+            writer.close()  # and drop the connection
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = rawhttp.RawHttpPool("127.0.0.1", port)
+        req = rawhttp.encode_request("GET", "/", pool.host_header)
+        res = await driver.drive(pool, schedule.constant_offsets(100, 0.2), [driver.RequestKind("k", lambda i: req)])
+        pool.close()
+        server.close()
+        return res
+
+    t = driver.run(main()).total()
+    assert t.ok == 0 and sum(t.errors.values()) == 20
+    assert t.errors["http_503"] >= 1
+
+
+def test_chunked_response_is_parsed():
+    buf = bytearray(b"4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\nNEXT")
+    body, used = rawhttp._dechunk(buf, 0)
+    assert body == b"abcdefg" and buf[used:] == b"NEXT"
