@@ -10,11 +10,11 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from redis_fixtures import free_port
 from service_fixtures import LiveService
 
 from sidserve.features import FeatureConfig, feature_rows
 from sidserve.schemas import MAX_BATCH_ITEMS as SERVER_MAX_BATCH_ITEMS
+from sidserve.testing import free_port
 from sidserve_client import (
     MAX_BATCH_ITEMS,
     AsyncSidServeClient,

@@ -37,10 +37,10 @@ def test_compose_file_is_valid_and_scales_the_service() -> None:
 def test_dockerfile_installs_the_service_without_torch() -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"pip install --no-cache-dir --prefix=/install \.\n", dockerfile), "no extras: no torch"
-    for source in re.findall(r"^COPY (?!--from)(\S+)", dockerfile, flags=re.M):
+    for source in re.findall(r"^COPY (?!--from)(\S+)", dockerfile, flags=re.MULTILINE):
         assert (ROOT / source).exists(), f"Dockerfile copies missing path {source}"
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert re.search(r'^CMD \["(\w+)"\]', dockerfile, flags=re.M).group(1) in scripts
+    assert re.search(r'^CMD \["(\w+)"\]', dockerfile, flags=re.MULTILINE).group(1) in scripts
     runtime = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert not any(dep.startswith("torch") for dep in runtime)
 

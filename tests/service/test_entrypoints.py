@@ -11,7 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from redis_fixtures import free_port
+
+from sidserve.testing import free_port
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], url: str) -> dict:

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from feature_reference import reference_rows, reference_tokens
 
 from sidserve.features import FeatureConfig, Parameterization, feature_rows

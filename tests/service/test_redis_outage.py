@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from redis_fixtures import RedisProcess
 from service_fixtures import serve, service_settings
 
+from sidserve.testing import RedisProcess
 from sidserve_client import RetryPolicy, ServiceUnavailable, SidServeClient
 
 

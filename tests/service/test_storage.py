@@ -107,7 +107,7 @@ def test_write_is_one_multi_exec_transaction(redis_url: str) -> None:
 
 
 def test_unreachable_redis_fails_fast(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from redis_fixtures import free_port
+    from sidserve.testing import free_port
 
     async def main() -> None:
         store = _store(f"redis://127.0.0.1:{free_port()}/0")
