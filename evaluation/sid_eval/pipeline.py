@@ -28,7 +28,7 @@ SLICES = ("overall", "new", "head", "torso", "tail")
 class EvalConfig:
     cut: str | None = None  # temporal cut (ISO date); None: the 80% quantile of event days
     history: int = 20  # history items per event
-    max_train: int | None = 200_000  # most recent training events kept (bounds the runtime)
+    max_train: int | None = 150_000  # most recent training events kept (bounds the runtime)
     negatives: int = 1  # sampled negatives per positive, train and test alike
     seeds: tuple[int, ...] = (0, 1, 2)
     levels: int = 4  # L; even, so non-overlapping bigrams apply
@@ -41,7 +41,7 @@ class EvalConfig:
     lr: float = 2e-3
     variants: tuple[str, ...] | None = None  # None: all
     data_seed: int = 0  # negatives; fixed across model seeds so every variant sees the same examples
-    threads: int = 2
+    threads: int = 1  # small batches gain little from intra-op threads; leaves a core free
 
 
 def slice_masks(examples: Examples, split: Split) -> dict[str, np.ndarray]:

@@ -1,7 +1,7 @@
 """Semantic IDs for the evaluation, made the way production makes them: the exporter trains an
 RQ-VAE on the training-period items only and exports its frozen bundle; every item, new ones
-included, then gets its codes from that bundle with onnxruntime (the exporter's bundle reader,
-which checks the manifest and ONNX sha256 as the service's loader does).
+included, then gets its codes from that bundle through the service's own loader and encoder
+(`sidserve.model.SidModel`, onnxruntime), exactly as the service computes them.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sid_exporter.bundle import load_bundle
 from sid_exporter.export import export_bundle
 from sid_exporter.report import format_table, quality_report
 from sid_exporter.train import TrainConfig, train
+from sidserve.model import SidModel
 
 
 def build_bundle(x_train: np.ndarray, out_dir: Path, config: TrainConfig) -> tuple[Path, dict[str, Any]]:
@@ -21,10 +21,11 @@ def build_bundle(x_train: np.ndarray, out_dir: Path, config: TrainConfig) -> tup
     return export_bundle(model, out_dir, x_train, metrics), metrics
 
 
-def encode_all(bundle: Path, embeddings: np.ndarray) -> tuple[np.ndarray, int]:
+def encode_all(bundle: Path, embeddings: np.ndarray, batch_size: int = 4096) -> tuple[np.ndarray, int]:
     """(codes int64 [n_items, L], K) of every catalog item from the frozen bundle."""
-    b = load_bundle(bundle, threads=1)
-    return b.codes(embeddings), int(b.manifest["codebook_size"])
+    model = SidModel.load(bundle)
+    parts = [model.encode(embeddings[s : s + batch_size]) for s in range(0, len(embeddings), batch_size)]
+    return np.concatenate(parts), model.codebook_size
 
 
 def quality_text(embeddings: np.ndarray, codes: np.ndarray, train_items: np.ndarray, k: int, metrics: dict[str, Any]) -> str:
