@@ -1,0 +1,52 @@
+"""python -m loadtest run|bench — see README "Load tests and benchmarks"."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import budgets, profiles
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="open-model load test of every scenario of a profile, checked against budgets")
+    r.add_argument("--profile", default="smoke", choices=sorted(profiles.PROFILES))
+    r.add_argument("--workers", type=int, help="uvicorn workers of the service (default: the profile's)")
+    r.add_argument("--out", type=Path, help="write the results as JSON here")
+    r.add_argument("--bundle", type=Path, help="model bundle to serve (default: train and cache a demo one)")
+    r.add_argument("--budgets", type=Path, default=budgets.DEFAULT_FILE, help="budgets file (TOML)")
+    r.add_argument("--duration", type=float, help="seconds measured per scenario (default: the profile's)")
+    r.add_argument("--warmup", type=float, help="seconds of warm-up per scenario, not measured")
+    r.add_argument("--corpus", type=int, help="items preloaded (default: the profile's)")
+    r.add_argument("--scenario", action="append", help="run only this scenario (repeatable)")
+    r.add_argument("--client", default="raw", choices=("raw", "httpx"),
+                   help="HTTP client of the generator (httpx only to compare client cost)")
+
+    b = sub.add_parser("bench", help="the Redis floor vs no-op endpoint vs features endpoint, same run and keys")
+    b.add_argument("--quick", action="store_true", help="100k items, 10 s per point (default: 1M items, 60 s)")
+    b.add_argument("--workers", type=int, default=1, help="uvicorn workers (1: server-side times are exact)")
+    b.add_argument("--bundle", type=Path)
+    b.add_argument("--rate", type=float, default=200.0, help="requests/s of the HTTP points (open model)")
+    b.add_argument("--duration", type=float, help="seconds per point")
+    b.add_argument("--items", type=int, help="corpus size")
+    b.add_argument("--noop-path", default="/v1/_noop", help="the service's no-op endpoint taking a features body")
+    b.add_argument("--out", type=Path)
+
+    args = p.parse_args(argv)
+    if args.cmd == "run":
+        from . import runner
+
+        prof = profiles.get(args.profile, workers=args.workers, duration_s=args.duration, warmup_s=args.warmup,
+                            corpus=args.corpus)
+        return runner.run(prof, args.bundle, args.out, args.budgets, client=args.client, only=args.scenario)
+    from . import bench
+
+    return bench.main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

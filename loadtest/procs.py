@@ -1,0 +1,130 @@
+"""What a run starts: a private redis-server and the service (`sidserve`, N uvicorn workers)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import redis
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(check, what: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting:\n{tail}")
+        try:
+            if check():
+                return
+        except Exception as e:  # noqa: BLE001 - not up yet
+            last = e
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready after {timeout_s} s (last error: {last!r})")
+
+
+class RedisServer:
+    """`redis-server` on a free port, no persistence, stopped (and its files removed) on exit."""
+
+    def __init__(self, maxmemory: str | None = None) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server not found on PATH (apt-get install redis-server)")
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="loadtest-redis-"))
+        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.dir), "--loglevel", "warning"]
+        if maxmemory:
+            args += ["--maxmemory", maxmemory]
+        self.log = self.dir / "redis.log"
+        self.proc = subprocess.Popen(args, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.client = redis.Redis(host="127.0.0.1", port=self.port)
+        _wait(self.client.ping, "redis-server", 10, self.proc, self.log)
+
+    def used_memory(self) -> int:
+        return int(self.client.info("memory")["used_memory"])
+
+    def stop(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class Service:
+    """The service under test: the `sidserve` console script with `workers` uvicorn workers.
+
+    Access logs are off (log level warning): at 1,000 requests/s they would cost more CPU than
+    the handlers. With several workers, /metrics aggregates all of them through prometheus-client's
+    multiprocess mode (PROMETHEUS_MULTIPROC_DIR, a fresh directory per run).
+    """
+
+    def __init__(self, bundle: Path, redis_url: str, workers: int = 1, env: dict[str, str] | None = None,
+                 ready_timeout_s: float = 60) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="loadtest-sidserve-"))
+        prom = self.dir / "prometheus"
+        prom.mkdir()
+        self.log = self.dir / "sidserve.log"
+        full_env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(prom), "SIDSERVE_LOG_LEVEL": "warning",
+                    **(env or {})}
+        exe = shutil.which("sidserve", path=str(Path(sys.executable).parent)) or shutil.which("sidserve")
+        cmd = [exe] if exe else [sys.executable, "-m", "sidserve.cli"]
+        cmd += ["--bundle", str(bundle), "--redis-url", redis_url, "--host", "127.0.0.1",
+                "--port", str(self.port), "--workers", str(workers)]
+        self.workers = workers
+        self.base = f"http://127.0.0.1:{self.port}"
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(cmd, env=full_env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        _wait(lambda: self.get("/readyz")[0] == 200, "sidserve", ready_timeout_s, self.proc, self.log)
+        self.ready_s = time.monotonic() - t0
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # uvicorn's supervisor stops its workers on SIGTERM
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

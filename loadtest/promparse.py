@@ -1,0 +1,42 @@
+"""Server-side latency from the service's Prometheus histogram (scraped before and after)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from .hist import bucket_quantile
+
+METRIC = "sidserve_request_duration_seconds"
+_LINE = re.compile(r'^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def buckets(text: str, endpoint: str, method: str = "POST", metric: str = METRIC) -> dict[float, float]:
+    """Cumulative bucket counts {le: count} of one endpoint (summed over label sets/processes)."""
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if not m or m["name"] != metric + "_bucket":
+            continue
+        labels = dict(_LABEL.findall(m["labels"] or ""))
+        if labels.get("endpoint") != endpoint or labels.get("method", method) != method:
+            continue
+        le = math.inf if labels["le"] in ("+Inf", "Inf") else float(labels["le"])
+        out[le] = out.get(le, 0.0) + float(m["value"])
+    return out
+
+
+def delta_summary(before: str, after: str, endpoint: str, method: str = "POST") -> dict | None:
+    """p50/p90/p99 (ms, interpolated within buckets) of requests served between two scrapes."""
+    b0, b1 = buckets(before, endpoint, method), buckets(after, endpoint, method)
+    if not b1:
+        return None
+    pairs = [(le, b1[le] - b0.get(le, 0.0)) for le in sorted(b1)]
+    n = pairs[-1][1]
+    finite = [le for le, _ in pairs if not math.isinf(le)]
+    out = {"count": int(n), "bucket_bounds_ms": [round(le * 1000, 4) for le in finite]}
+    for name, q in (("p50_ms", 0.5), ("p90_ms", 0.9), ("p99_ms", 0.99)):
+        v = bucket_quantile(q, pairs)
+        out[name] = round(v * 1000, 4) if not math.isnan(v) else math.nan
+    return out
