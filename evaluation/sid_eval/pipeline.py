@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from sid_exporter.train import TrainConfig
 
 from . import dataset, report, sids
@@ -18,7 +17,7 @@ from .metrics import slice_metrics
 from .model import Ranker
 from .negatives import Examples, with_negatives
 from .split import Split, popularity_slices, temporal_split
-from .train import fit, predict
+from .train import fit, predict, torch_threads
 from .variants import build_variants, table_size
 
 SLICES = ("overall", "new", "head", "torso", "tail")
@@ -57,8 +56,12 @@ def slice_masks(examples: Examples, split: Split) -> dict[str, np.ndarray]:
 
 def run(data_dir: str | Path, out_dir: str | Path, config: EvalConfig, log=print) -> dict[str, Any]:
     """Writes results.md, results.json, auc_by_slice.png, sid_quality.txt and bundle/ to out_dir."""
+    with torch_threads(config.threads):
+        return _run(data_dir, out_dir, config, log)
+
+
+def _run(data_dir: str | Path, out_dir: str | Path, config: EvalConfig, log) -> dict[str, Any]:
     start = time.perf_counter()
-    torch.set_num_threads(config.threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = dataset.load(data_dir)

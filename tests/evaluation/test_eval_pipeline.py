@@ -13,7 +13,7 @@ from sid_eval.model import Ranker
 from sid_eval.negatives import with_negatives
 from sid_eval.pipeline import EvalConfig, run
 from sid_eval.split import temporal_split
-from sid_eval.train import fit
+from sid_eval.train import fit, torch_threads
 from sid_eval.variants import build_variants, table_size
 from sidserve.features import FeatureConfig, Parameterization, feature_rows
 
@@ -72,7 +72,8 @@ def test_shared_unseen_row_stays_untrained(tiny):
     d, s, codes, h, variants = tiny
     model = Ranker(variants["unique_id"], d.embeddings, dim=8)
     before = model.table.weight[0].detach().clone()
-    fit(model, with_negatives(s.train, 1, 0), epochs=1, batch_size=256, lr=1e-2, seed=0)
+    with torch_threads(1):
+        fit(model, with_negatives(s.train, 1, 0), epochs=1, batch_size=256, lr=1e-2, seed=0)
     assert np.array_equal(model.table.weight[0].detach().numpy(), before.numpy())
 
 
