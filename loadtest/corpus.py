@@ -91,8 +91,9 @@ def compute_codes(bundle: Path, source: EmbeddingSource, n: int, batch: int = 81
     return codes
 
 
-def preload(redis_url: str, bundle: Path, codes: np.ndarray, key_prefix: str = "sid", chunk: int = 10_000) -> float:
-    """Write corpus items 0..n-1 with their SIDs through sidserve.storage; returns seconds taken."""
+def preload(redis_url: str, bundle: Path, codes: np.ndarray, key_prefix: str = "sid", chunk: int = 10_000,
+            start: int = 0) -> float:
+    """Write corpus items start..start+n-1 with their SIDs through sidserve.storage; returns seconds."""
     from sidserve import storage
 
     m = manifest(bundle)
@@ -101,9 +102,9 @@ def preload(redis_url: str, bundle: Path, codes: np.ndarray, key_prefix: str = "
         r = storage.connect(redis_url, 5.0, 60.0, 4)
         store = storage.SidStore(r, m["model_version"], m["levels"], m["codebook_size"], key_prefix)
         try:
-            for start in range(0, len(codes), chunk):
-                stop = min(len(codes), start + chunk)
-                await store.write([item_id(i) for i in range(start, stop)], codes[start:stop])
+            for lo in range(0, len(codes), chunk):
+                hi = min(len(codes), lo + chunk)
+                await store.write([item_id(start + i) for i in range(lo, hi)], codes[lo:hi])
         finally:
             await r.aclose()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -93,8 +94,12 @@ class Service:
         prom = self.dir / "prometheus"
         prom.mkdir()
         self.log = self.dir / "sidserve.log"
+        # A real API key, as a deployment has (writes need it; the check is part of what is measured).
+        self.api_key = secrets.token_urlsafe(24)
+        keys = self.dir / "api-keys"
+        keys.write_text(self.api_key + "\n")
         full_env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(prom), "SIDSERVE_LOG_LEVEL": "warning",
-                    **(env or {})}
+                    "SIDSERVE_API_KEYS_FILE": str(keys), **(env or {})}
         exe = shutil.which("sidserve", path=str(Path(sys.executable).parent)) or shutil.which("sidserve")
         cmd = [exe] if exe else [sys.executable, "-m", "sidserve.cli"]
         cmd += ["--bundle", str(bundle), "--redis-url", redis_url, "--host", "127.0.0.1",
@@ -106,6 +111,12 @@ class Service:
                                      start_new_session=True)
         _wait(lambda: self.get("/readyz")[0] == 200, "sidserve", ready_timeout_s, self.proc, self.log)
         self.ready_s = time.monotonic() - t0
+
+    @property
+    def target(self):
+        from .rawhttp import Target
+
+        return Target(f"127.0.0.1:{self.port}", {"Authorization": f"Bearer {self.api_key}"})
 
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         try:

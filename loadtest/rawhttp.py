@@ -23,9 +23,21 @@ from dataclasses import dataclass, field
 Callback = Callable[[int, bytes, float, float, "str | None"], None]
 
 
+class Target(str):
+    """host:port, plus headers sent with every request (e.g. the API key), as a str subclass so
+    plain "host:port" strings work wherever a Target does."""
+
+    headers: str = ""
+
+    def __new__(cls, hostport: str, headers: dict[str, str] | None = None) -> Target:
+        t = super().__new__(cls, hostport)
+        t.headers = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        return t
+
+
 def encode_request(method: str, path: str, host: str, body: bytes = b"",
                    content_type: str = "application/json") -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{getattr(host, 'headers', '')}"
     if body or method in ("POST", "PUT", "PATCH"):
         head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
     return (head + "\r\n").encode("latin-1") + body
@@ -225,15 +237,17 @@ class HttpxPool:
 
     def submit(self, request: bytes, cb: Callback) -> None:
         head, _, body = request.partition(b"\r\n\r\n")
-        method, path, _ = head.split(b"\r\n", 1)[0].decode().split(" ")
+        first, *lines = head.decode("latin-1").split("\r\n")
+        method, path, _ = first.split(" ")
+        headers = dict(line.split(": ", 1) for line in lines)
+        headers = {k: v for k, v in headers.items() if k.lower() not in ("host", "content-length")}
         self.in_flight += 1
-        asyncio.get_running_loop().create_task(self._do(method, path, body, cb))
+        asyncio.get_running_loop().create_task(self._do(method, path, body, headers, cb))
 
-    async def _do(self, method: str, path: str, body: bytes, cb: Callback) -> None:
+    async def _do(self, method: str, path: str, body: bytes, headers: dict, cb: Callback) -> None:
         t_sent = time.perf_counter()
         try:
-            r = await self.client.request(method, path, content=body or None,
-                                          headers={"content-type": "application/json"})
+            r = await self.client.request(method, path, content=body or None, headers=headers)
             status, content, err = r.status_code, r.content, None
         except Exception as e:  # noqa: BLE001 - every failure is one error of the run
             status, content, err = 0, b"", repr(e)

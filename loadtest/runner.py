@@ -113,7 +113,7 @@ def drive_scenario(svc: procs.Service, sc: Scenario, profile: Profile, n_items: 
     warmup_s = profile.warmup_s if warmup_s is None else warmup_s
     offsets = schedule.constant_offsets(sc.rate, duration_s)
     warm = schedule.constant_offsets(sc.rate, warmup_s) if warmup_s > 0 else None
-    host = f"127.0.0.1:{svc.port}"
+    host = svc.target
     n_total = len(offsets) + (len(warm) if warm is not None else 0)
     kinds, choice = build_kinds(sc, host, n_total, n_items, src, seed, run_tag, profile.zipf_s)
     late_s = profile.late_ms / 1000

@@ -1,0 +1,232 @@
+"""`python -m loadtest bench`: the features endpoint against its floors, same run, same keys.
+
+For 1, 300 (200 candidates + 100 history) and 1,000 IDs, with the same Zipf-drawn ID sets:
+  1. the Redis floor: sync redis-py (hiredis) MGET of the storage module's keys from this one
+     process, no HTTP, closed loop; and the storage module's own read path
+     (`SidStore.read`: redis.asyncio MGET + unpacking), the service's actual Redis cost;
+  2. the HTTP + framework floor: the service's no-op endpoint taking the same request body
+     (open model at --rate), when the service has one;
+  3. the features endpoint at the same rate: client-observed, and server-side handler time from
+     the service's Prometheus histogram (`sidserve_request_duration_seconds`).
+Ratios: server-side / MGET floor and client-observed / (no-op + MGET floor), at p50 and p99.
+Also: Redis memory per item (INFO memory used_memory delta) over the preloaded corpus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import redis
+
+from . import corpus, driver, procs, promparse, schedule, workload
+from .hist import LatencyHistogram
+from .profiles import FULL
+from .rawhttp import RawHttpPool, encode_request
+from .runner import _json_default, machine_note
+
+SIZES = {1: (1, 0), 300: (200, 100), 1000: (1000, 0)}
+
+
+def id_sets(n_items: int, sets: int, seed: int = 7) -> dict[int, list[list[str]]]:
+    out = {}
+    for size, (c, h) in SIZES.items():
+        sampler = workload.KeySampler(n_items, "zipf", seed=seed + size)
+        out[size] = [[workload.item_id(int(i)) for i in sampler.sample(c + h)] for _ in range(sets)]
+    return out
+
+
+def mget_floor(url: str, keys_of, sets: list[list[str]], iters: int) -> dict:
+    """Sync redis-py MGET of the storage keys, one process, closed loop."""
+    r = redis.Redis.from_url(url)
+    keysets = [[keys_of(i) for i in ids] for ids in sets]
+    h = LatencyHistogram()
+    for ks in keysets[: min(200, len(keysets))]:  # warm-up
+        r.mget(ks)
+    for n in range(iters):
+        ks = keysets[n % len(keysets)]
+        t = time.perf_counter()
+        vals = r.mget(ks)
+        h.record_s(time.perf_counter() - t)
+        if n == 0 and any(v is None for v in vals):
+            raise RuntimeError("MGET floor: a preloaded key is missing (key layout mismatch?)")
+    r.close()
+    return h.summary()
+
+
+def storage_read(url: str, m: dict, sets: list[list[str]], iters: int) -> dict:
+    """The service's read path: sidserve.storage.SidStore.read (redis.asyncio), one coroutine."""
+    from sidserve import storage
+
+    async def main() -> dict:
+        rc = storage.connect(url, 5.0, 5.0, 4)
+        store = storage.SidStore(rc, m["model_version"], m["levels"], m["codebook_size"])
+        h = LatencyHistogram()
+        try:
+            for ids in sets[:200]:
+                await store.read(ids)
+            for n in range(iters):
+                ids = sets[n % len(sets)]
+                t = time.perf_counter()
+                _, known = await store.read(ids)
+                h.record_s(time.perf_counter() - t)
+                if n == 0 and not known.all():
+                    raise RuntimeError("storage read: a preloaded item is unknown")
+        finally:
+            await rc.aclose()
+        return h.summary()
+
+    return asyncio.run(main())
+
+
+def http_point(svc: procs.Service, path: str, sets: list[list[str]], size: int, rate: float,
+               duration_s: float, warmup_s: float, check) -> dict:
+    c, _ = SIZES[size]
+    host = svc.target
+    reqs = [encode_request("POST", path, host, orjson.dumps({"candidates": ids[:c], "history": ids[c:]}))
+            for ids in sets]
+    kinds = [driver.RequestKind(path, lambda i: reqs[i % len(reqs)], check=check)]
+
+    async def go():
+        pool = RawHttpPool("127.0.0.1", svc.port)
+        try:
+            await pool.warm(8)
+            await driver.drive(pool, schedule.constant_offsets(rate, warmup_s), kinds, rate=rate)
+            before = svc.get("/metrics")[1].decode()
+            res = await driver.drive(pool, schedule.constant_offsets(rate, duration_s), kinds, rate=rate)
+            after = svc.get("/metrics")[1].decode()
+            return res, promparse.delta_summary(before, after, path)
+        finally:
+            pool.close()
+
+    res, server = driver.run(go())
+    tot = res.total()
+    return {"rate_rps": rate, "duration_s": duration_s, "ok": tot.ok, "errors": dict(tot.errors),
+            "first_error": tot.first_error, "late_sends": tot.late,
+            "achieved_rps": round(tot.ok / res.elapsed_s, 1), "client": tot.latency.summary(),
+            "service_time": tot.service.summary(), "send_lag": tot.send_lag.summary(), "server_side": server}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return round(a / b, 2)
+
+
+def main(args) -> int:
+    quick = args.quick
+    n_items = args.items or (100_000 if quick else 1_000_000)
+    duration = args.duration or (10.0 if quick else 60.0)
+    warmup = 2.0 if quick else 5.0
+    iters = {1: 2000, 300: 2000, 1000: 1000} if quick else {1: 20000, 300: 20000, 1000: 10000}
+    bundle = args.bundle or corpus.ensure_bundle(FULL.dim, FULL.levels, FULL.codebook_size, FULL.train_n,
+                                                 FULL.epochs)
+    m = corpus.manifest(bundle)
+    print(f"[bench] bundle {bundle} (D={m['input_dim']} L={m['levels']} K={m['codebook_size']}), "
+          f"{n_items:,} items, {duration:g} s per HTTP point at {args.rate:g} req/s, hiredis "
+          f"{redis.utils.HIREDIS_AVAILABLE}", flush=True)
+    src = corpus.EmbeddingSource(m["input_dim"], train_n=FULL.train_n)
+    codes = corpus.compute_codes(bundle, src, n_items)
+    sets = id_sets(n_items, sets=2048)
+    report: dict = {"machine": machine_note(), "bundle": str(bundle), "model_version": m["model_version"],
+                    "levels": m["levels"], "codebook_size": m["codebook_size"], "items": n_items,
+                    "hiredis": bool(redis.utils.HIREDIS_AVAILABLE), "rate_rps": args.rate,
+                    "duration_s": duration, "workers": args.workers}
+    with procs.RedisServer() as rs:
+        mem = {}
+        base = rs.used_memory()
+        steps = [n for n in (100_000, n_items) if n <= n_items]
+        done = 0
+        for n in sorted(set(steps)):
+            corpus.preload(rs.url, bundle, codes[done:n], start=done)
+            done = n
+            mem[n] = rs.used_memory() - base
+        report["redis_memory"] = {str(n): {"used_memory_delta_bytes": d, "bytes_per_item": round(d / n, 2)}
+                                  for n, d in mem.items()}
+        print(f"[bench] Redis used_memory per item: "
+              + ", ".join(f"{d / n:.1f} B over {n:,}" for n, d in mem.items()), flush=True)
+
+        from sidserve import storage
+
+        store = storage.SidStore(None, m["model_version"], m["levels"], m["codebook_size"])
+        floor = {}
+        for size in SIZES:
+            floor[size] = {"mget": mget_floor(rs.url, store.key, sets[size], iters[size]),
+                           "storage_read": storage_read(rs.url, m, sets[size], iters[size])}
+            print(f"[bench] floor {size:>4} IDs: MGET p50 {floor[size]['mget']['p50_ms']:.3f} ms, "
+                  f"SidStore.read p50 {floor[size]['storage_read']['p50_ms']:.3f} ms", flush=True)
+
+        http: dict = {}
+        with procs.Service(bundle, rs.url, args.workers) as svc:
+            status, body = svc.get("/openapi.json")
+            paths = json.loads(body).get("paths", {}) if status == 200 else {}
+            noop = args.noop_path if args.noop_path in paths else None
+            if noop is None:
+                print(f"[bench] the service has no {args.noop_path}: no-op points skipped", flush=True)
+            for size in SIZES:
+                c, h = SIZES[size]
+                http[size] = {}
+                if noop:
+                    http[size]["noop"] = http_point(svc, noop, sets[size], size, args.rate, duration, warmup, None)
+                http[size]["features"] = http_point(svc, "/v1/features", sets[size], size, args.rate, duration,
+                                                    warmup, workload.features_check(c, h))
+                f = http[size]["features"]
+                print(f"[bench] features {size:>4} IDs: client p50 {f['client']['p50_ms']:.3f} "
+                      f"p99 {f['client']['p99_ms']:.3f} ms; server p50 "
+                      f"{(f['server_side'] or {}).get('p50_ms')} ms", flush=True)
+    rows = []
+    for size in SIZES:
+        fl, hp = floor[size], http[size]
+        f = hp["features"]
+        srv = f["server_side"] or {}
+        noop = hp.get("noop", {}).get("client", {})
+        row = {"ids": size,
+               "mget_p50_ms": fl["mget"]["p50_ms"], "mget_p99_ms": fl["mget"]["p99_ms"],
+               "storage_read_p50_ms": fl["storage_read"]["p50_ms"], "storage_read_p99_ms": fl["storage_read"]["p99_ms"],
+               "noop_p50_ms": noop.get("p50_ms"), "noop_p99_ms": noop.get("p99_ms"),
+               "features_client_p50_ms": f["client"]["p50_ms"], "features_client_p99_ms": f["client"]["p99_ms"],
+               "features_server_p50_ms": srv.get("p50_ms"), "features_server_p99_ms": srv.get("p99_ms"),
+               "features_errors": sum(f["errors"].values()), "features_late_sends": f["late_sends"]}
+        for q in ("p50", "p99"):
+            row[f"server_over_mget_{q}"] = _ratio(srv.get(f"{q}_ms"), fl["mget"][f"{q}_ms"])
+            nq = noop.get(f"{q}_ms")
+            row[f"client_over_noop_plus_mget_{q}"] = (
+                _ratio(f["client"][f"{q}_ms"], nq + fl["mget"][f"{q}_ms"]) if nq is not None else None)
+        rows.append(row)
+    report.update({"floor": {str(k): v for k, v in floor.items()}, "http": {str(k): v for k, v in http.items()},
+                   "summary": rows,
+                   "server_histogram_buckets_ms": next(((h["features"]["server_side"] or {}).get("bucket_bounds_ms")
+                                                        for h in http.values()), None)})
+    text = summary_table(rows)
+    print("\n" + text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2, default=_json_default))
+        print(f"[bench] written to {args.out}")
+    print(f"[bench] {os.cpu_count()} cores, shared (load avg {os.getloadavg()[0]:.1f})")
+    return 0
+
+
+def summary_table(rows: list[dict]) -> str:
+    f = lambda v: "    n/a" if v is None else f"{v:7.3f}"  # noqa: E731
+    g = lambda v: "  n/a" if v is None else f"{v:5.2f}"  # noqa: E731
+    lines = ["ms; MGET = sync redis-py+hiredis, one process; store = SidStore.read (redis.asyncio); "
+             "client = open-model latency from intended send; server = Prometheus histogram (interpolated)",
+             f"{'IDs':>5} | {'MGET p50':>8} {'p99':>7} | {'store p50':>9} {'p99':>7} | {'noop p50':>8} {'p99':>7} | "
+             f"{'client p50':>10} {'p99':>7} | {'server p50':>10} {'p99':>7} | {'srv/MGET p50':>12} {'p99':>5} | "
+             f"{'cli/(noop+MGET) p50':>19} {'p99':>5}"]
+    for r in rows:
+        lines.append(
+            f"{r['ids']:>5} | {f(r['mget_p50_ms']):>8} {f(r['mget_p99_ms'])} | {f(r['storage_read_p50_ms']):>9} "
+            f"{f(r['storage_read_p99_ms'])} | {f(r['noop_p50_ms']):>8} {f(r['noop_p99_ms'])} | "
+            f"{f(r['features_client_p50_ms']):>10} {f(r['features_client_p99_ms'])} | "
+            f"{f(r['features_server_p50_ms']):>10} {f(r['features_server_p99_ms'])} | "
+            f"{g(r['server_over_mget_p50']):>12} {g(r['server_over_mget_p99'])} | "
+            f"{g(r['client_over_noop_plus_mget_p50']):>19} {g(r['client_over_noop_plus_mget_p99'])}")
+    return "\n".join(lines)
