@@ -18,11 +18,17 @@ from sidserve.app import create_app
 from sidserve.settings import Settings
 
 
+# The key the test services accept (SIDSERVE_API_KEYS); writes need it.
+TEST_API_KEY = "test-key-0123456789abcdef"
+AUTH = {"authorization": f"Bearer {TEST_API_KEY}"}
+
+
 @dataclass
 class LiveService:
     url: str
     app: FastAPI
     settings: Settings
+    api_key: str = TEST_API_KEY
 
 
 @contextmanager
@@ -47,6 +53,7 @@ def serve(settings: Settings) -> Iterator[LiveService]:
 
 def service_settings(bundle: Path, redis_url: str, **overrides: object) -> Settings:
     # Short timeouts and Retry-After keep the outage tests fast; prefix_ngram N = L, default H.
+    overrides.setdefault("api_keys", TEST_API_KEY)
     return Settings(
         bundle=bundle, redis_url=redis_url, redis_connect_timeout=0.25, redis_socket_timeout=0.5, **overrides
     )

@@ -2,8 +2,10 @@
 
 Both share the request builders and answer parsers below (`_Call`); they differ only in how a
 call is sent and how the retry waits. Every call is idempotent (an upsert of the same content
-answers `unchanged`), so every call retries on 503 and on connection errors, with exponential
-backoff and jitter, honouring the server's Retry-After up to `max_backoff`.
+answers `unchanged`), so every call retries on 503, 429 and connection errors, with exponential
+backoff and jitter, honouring the server's Retry-After up to `max_backoff`. `api_key` is sent as
+`Authorization: Bearer <key>` on every call (the server needs it for writes, and for reads when
+it protects them); it is never part of an error message.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from .models import (
     ItemNotFound,
     ItemSid,
     ItemWrite,
+    RateLimited,
     Readiness,
     ServiceUnavailable,
     SidServeError,
+    Unauthorized,
     parse_features,
     parse_readiness,
     parse_write,
@@ -72,6 +76,10 @@ def _error(response: httpx.Response) -> SidServeError:
         return ItemNotFound(status, detail)
     if status == 503:
         return ServiceUnavailable(status, detail)
+    if status == 429:
+        return RateLimited(status, detail)
+    if status in (401, 403):
+        return Unauthorized(status, detail)
     if status in (400, 413, 422):
         return InvalidRequest(status, detail)
     return SidServeError(status, detail)
@@ -112,6 +120,10 @@ def _get_item(item_id: str) -> _Call[ItemSid]:
     return _Call("GET", "/v1/items/" + quote(item_id, safe=""), parse)
 
 
+def _headers(api_key: str | None) -> dict[str, str]:
+    return _JSON if api_key is None else {**_JSON, "authorization": f"Bearer {api_key}"}
+
+
 def _features(candidates: Sequence[str], history: Sequence[str]) -> _Call[Features]:
     body = _dumps({"candidates": list(candidates), "history": list(history)})
     return _Call("POST", "/v1/features", parse_features, body)
@@ -120,7 +132,7 @@ def _features(candidates: Sequence[str], history: Sequence[str]) -> _Call[Featur
 class SidServeClient:
     """Blocking client. Use as a context manager, or call close().
 
-    >>> with SidServeClient("http://127.0.0.1:8000") as client:
+    >>> with SidServeClient("http://127.0.0.1:8000", api_key=key) as client:
     ...     client.upsert_items(ids, embeddings)
     ...     f = client.features(candidates=["a", "b"], history=["c"])
     ...     f.candidates.rows  # int64 [2, N] embedding-table rows
@@ -134,8 +146,10 @@ class SidServeClient:
         retry: RetryPolicy = RetryPolicy(),
         batch_size: int = MAX_BATCH_ITEMS,
         http: httpx.Client | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.retry, self.batch_size = retry, batch_size
+        self._headers = _headers(api_key)
         self._http = http or httpx.Client(base_url=base_url, timeout=timeout)
 
     def __enter__(self) -> SidServeClient:
@@ -176,14 +190,14 @@ class SidServeClient:
         for attempt in range(self.retry.attempts):
             retry_after = None
             try:
-                response = self._http.request(call.method, call.path, content=call.body, headers=_JSON)
+                response = self._http.request(call.method, call.path, content=call.body, headers=self._headers)
             except _RETRYABLE as e:
                 error: SidServeError = ServiceUnavailable(None, f"{type(e).__name__}: {e}")
             else:
                 if response.status_code == 200:
                     return call.parse(orjson.loads(response.content))
                 error = _error(response)
-                if not isinstance(error, ServiceUnavailable):
+                if not isinstance(error, ServiceUnavailable | RateLimited):
                     raise error
                 retry_after = response.headers.get("retry-after")
             if attempt + 1 < self.retry.attempts:
@@ -202,8 +216,10 @@ class AsyncSidServeClient:
         retry: RetryPolicy = RetryPolicy(),
         batch_size: int = MAX_BATCH_ITEMS,
         http: httpx.AsyncClient | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.retry, self.batch_size = retry, batch_size
+        self._headers = _headers(api_key)
         self._http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout)
 
     async def __aenter__(self) -> AsyncSidServeClient:
@@ -239,14 +255,14 @@ class AsyncSidServeClient:
         for attempt in range(self.retry.attempts):
             retry_after = None
             try:
-                response = await self._http.request(call.method, call.path, content=call.body, headers=_JSON)
+                response = await self._http.request(call.method, call.path, content=call.body, headers=self._headers)
             except _RETRYABLE as e:
                 error: SidServeError = ServiceUnavailable(None, f"{type(e).__name__}: {e}")
             else:
                 if response.status_code == 200:
                     return call.parse(orjson.loads(response.content))
                 error = _error(response)
-                if not isinstance(error, ServiceUnavailable):
+                if not isinstance(error, ServiceUnavailable | RateLimited):
                     raise error
                 retry_after = response.headers.get("retry-after")
             if attempt + 1 < self.retry.attempts:

@@ -33,6 +33,14 @@ class ServiceUnavailable(SidServeError):
     """503 (Redis unreachable, no model loaded) or no connection, still so after all retries."""
 
 
+class Unauthorized(SidServeError):
+    """401 (no API key sent: pass api_key=) or 403 (the key is not accepted)."""
+
+
+class RateLimited(SidServeError):
+    """429: over the server's per-key request rate, still so after all retries."""
+
+
 @dataclass(frozen=True)
 class ItemSid:
     item_id: str

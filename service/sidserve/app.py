@@ -45,6 +45,7 @@ from .schemas import (
     ItemRead,
     ReadyOut,
 )
+from .security import Guard, GuardedRoute
 from .settings import Settings
 from .storage import SidStore, StorageUnavailable
 
@@ -210,6 +211,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     _configure_logging(settings.log_level)
     state = ServiceState(settings)
+    guard = Guard(settings)  # no key and no SIDSERVE_ALLOW_UNAUTHENTICATED: SecurityConfigError, no start
+    write_access, read_access = guard.dependencies()
+    writes = {"dependencies": [Depends(write_access)], "responses": guard.responses(protected=True)}
+    reads = {"dependencies": [Depends(read_access)], "responses": guard.responses(protected=settings.protect_reads)}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -231,6 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.sidserve = state
+    app.router.route_class = GuardedRoute  # auth and rate limit before the body is read
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -253,7 +259,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )  # fmt: skip
 
     @app.post(
-        "/v1/items", response_model=ItemOut, tags=["items"], responses={413: _E413, 503: _E503},
+        "/v1/items", response_model=ItemOut, tags=["items"],
+        responses={413: _E413, 503: _E503, **writes["responses"]}, dependencies=writes["dependencies"],
         summary="Create or update one item",
     )  # fmt: skip
     async def upsert_item(item: ItemIn, serving: Ready) -> ItemOut:
@@ -263,7 +270,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return (await _upsert(serving, state, [item], x))[0]
 
     @app.post(
-        "/v1/items/batch", response_model=ItemBatchOut, tags=["items"], responses={413: _E413, 503: _E503},
+        "/v1/items/batch", response_model=ItemBatchOut, tags=["items"],
+        responses={413: _E413, 503: _E503, **writes["responses"]}, dependencies=writes["dependencies"],
         summary="Create or update a batch of items, all or nothing",
     )  # fmt: skip
     async def upsert_items(batch: ItemBatchIn, serving: Ready) -> ItemBatchOut:
@@ -276,7 +284,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get(
         "/v1/items/{item_id:path}", response_model=ItemRead, tags=["items"],
-        responses={404: _E404, 503: _E503}, summary="Read an item's SID",
+        responses={404: _E404, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
+        summary="Read an item's SID",
     )  # fmt: skip
     async def get_item(
         item_id: Annotated[ItemId, PathParam(description=f"Item ID, 1 to {MAX_ITEM_ID_BYTES} bytes, URL-encoded.")],
@@ -288,7 +297,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return ItemRead(item_id=item_id, sid=codes[0].tolist(), model_version=serving.model.version)
 
     @app.post(
-        "/v1/features", response_model=FeaturesOut, tags=["features"], responses={413: _E413, 503: _E503},
+        "/v1/features", response_model=FeaturesOut, tags=["features"],
+        responses={413: _E413, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
         summary="SIDs and embedding-table rows of candidates and history, in one call",
     )  # fmt: skip
     async def features(body: FeaturesIn, serving: Ready) -> Response:

@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
+from .security import SecurityConfigError, configured_keys
 from .settings import Settings
 
 ENV_PREFIX = "SIDSERVE_"
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings()  # validate here, so a bad option is a one-line error, not a worker crash
     except ValidationError as e:
         raise SystemExit(f"sidserve: invalid settings:\n{e}") from None
+    try:
+        configured_keys(settings)  # no key and no SIDSERVE_ALLOW_UNAUTHENTICATED: one line, not a worker crash
+    except SecurityConfigError as e:
+        raise SystemExit(f"sidserve: {e}") from None
     options: dict[str, Any] = dict(
         host=settings.host, port=settings.port, workers=settings.workers, log_level=settings.log_level,
         factory=True,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .features import Parameterization
@@ -72,3 +72,28 @@ class Settings(BaseSettings):
         default=32 * 1024 * 1024, description="Larger request bodies are refused with 413."
     )
     log_level: LogLevel = Field(default="info", description="Log level of the service and uvicorn.")
+
+    # Security (README "Security"; sidserve.security)
+    api_keys: SecretStr | None = Field(
+        default=None,
+        description="Comma-separated API keys, all valid at once (rotation). Prefer api_keys_file: "
+        "environment variables and flags show up in process listings.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="File with one API key per line (a mounted secret); re-read when it changes.",
+    )
+    protect_reads: bool = Field(
+        default=False, description="Require a key for reads too (features, GET item); writes always need one."
+    )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Start without any API key, open to anyone. Without this, no key configured = refuse to start.",
+    )
+    rate_limit_per_s: NonNegativeFloat = Field(
+        default=5000.0,
+        description="Requests per second per key (per client address without a key), per process; 0 = no limit.",
+    )
+    rate_limit_burst: PositiveFloat = Field(
+        default=5000.0, description="Token-bucket capacity: requests a key may make at once above the rate."
+    )

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from service_fixtures import LiveService
+from service_fixtures import TEST_API_KEY, LiveService
 
 from sidserve.features import FeatureConfig, feature_rows
 from sidserve.schemas import MAX_BATCH_ITEMS as SERVER_MAX_BATCH_ITEMS
@@ -40,7 +40,7 @@ def test_upsert_items_chunks(live_service: LiveService, sid_bundle_data: tuple[n
     requests: list[httpx.Request] = []
     http = httpx.Client(base_url=live_service.url, event_hooks={"request": [requests.append]})
     ids = _ids(25)
-    with SidServeClient(live_service.url, batch_size=10, http=http) as client:
+    with SidServeClient(live_service.url, batch_size=10, http=http, api_key=TEST_API_KEY) as client:
         written = client.upsert_items(ids, x[:25])
         assert [w.item_id for w in written] == ids
         assert [r.url.path for r in requests] == ["/v1/items/batch"] * 3
@@ -57,7 +57,7 @@ def test_async_client(
     direct = ort.InferenceSession(str(sid_bundle / "encoder.onnx")).run(None, {"embeddings": x[:30]})[0]
 
     async def main() -> None:
-        async with AsyncSidServeClient(live_service.url, batch_size=16) as client:
+        async with AsyncSidServeClient(live_service.url, batch_size=16, api_key=TEST_API_KEY) as client:
             ready = await client.ready()
             assert ready.ready and ready.input_dim == 32
             written = await client.upsert_items(ids, x[:30])

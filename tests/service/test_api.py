@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import redis
-from service_fixtures import LiveService, serve, service_settings
+from service_fixtures import AUTH, TEST_API_KEY, LiveService, serve, service_settings
 
 from sidserve.features import FeatureConfig, Parameterization, feature_rows
 from sidserve.schemas import MAX_BATCH_ITEMS, MAX_CANDIDATES, MAX_HISTORY, MAX_ITEM_ID_BYTES
@@ -30,13 +30,13 @@ def direct_codes(sid_bundle: Path, sid_bundle_data: tuple[np.ndarray, list[str]]
 
 @pytest.fixture
 def client(live_service: LiveService) -> SidServeClient:
-    with SidServeClient(live_service.url) as c:
+    with SidServeClient(live_service.url, api_key=TEST_API_KEY) as c:
         yield c
 
 
 @pytest.fixture
 def http(live_service: LiveService) -> httpx.Client:
-    with httpx.Client(base_url=live_service.url, timeout=5) as c:
+    with httpx.Client(base_url=live_service.url, timeout=5, headers=AUTH) as c:
         yield c
 
 
@@ -206,7 +206,7 @@ def test_readme_worked_example_config(
     """A deployment with N = 3, H = 1000 (the README's config): rows = 1 + (g_n mod 999), g_n by hand."""
     x, _ = sid_bundle_data
     with serve(service_settings(sid_bundle, redis_url, ngram=3, table_size=1000)) as service:
-        with SidServeClient(service.url) as c:
+        with SidServeClient(service.url, api_key=TEST_API_KEY) as c:
             [item] = _ids(1)
             sid = c.upsert_item(item, x[3]).sid
             f = c.features([item])
@@ -245,7 +245,7 @@ def test_health_readiness_metrics_and_docs(http: httpx.Client, client: SidServeC
 
 
 def test_no_model_means_not_ready(redis_url: str) -> None:
-    with serve(service_settings(None, redis_url)) as service, httpx.Client(base_url=service.url) as http:
+    with serve(service_settings(None, redis_url)) as service, httpx.Client(base_url=service.url, headers=AUTH) as http:
         assert http.get("/healthz").status_code == 200
         for r in (http.get("/readyz"), _post(http, "/v1/features", {"candidates": ["a"]}),
                   _post(http, "/v1/items", {"item_id": "a", "embedding": [0.0]})):  # fmt: skip

@@ -31,9 +31,14 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str) -> dict:
 
 
 @pytest.mark.parametrize("how", ["console-script", "uvicorn-app", "uvicorn-factory"])
-def test_starts(how: str, sid_bundle: Path, redis_url: str) -> None:
+def test_starts(how: str, sid_bundle: Path, redis_url: str, tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "SIDSERVE_BUNDLE": str(sid_bundle), "SIDSERVE_REDIS_URL": redis_url}
+    if how == "console-script":  # keys from a mounted-secret style file; the others from the environment
+        (tmp_path / "keys").write_text("# rotated 2024-05\nold-key-0123456789abcdef\nnew-key-0123456789abcdef\n")
+        env["SIDSERVE_API_KEYS_FILE"] = str(tmp_path / "keys")
+    else:
+        env["SIDSERVE_API_KEYS"] = "env-key-0123456789abcdef"
     bin_dir = Path(sys.executable).parent
     command = {
         "console-script": [shutil.which("sidserve", path=str(bin_dir)) or "sidserve", "--port", str(port),
@@ -49,3 +54,14 @@ def test_starts(how: str, sid_bundle: Path, redis_url: str) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_refuses_to_start_without_keys() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDSERVE_")}
+    sidserve = shutil.which("sidserve", path=str(Path(sys.executable).parent)) or "sidserve"
+    result = subprocess.run([sidserve, "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode != 0
+    assert "no API key configured" in result.stderr and "SIDSERVE_ALLOW_UNAUTHENTICATED" in result.stderr
+    result = subprocess.run([sidserve, "--api-keys", "short"], env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode != 0 and "entry 1 is not a usable key" in result.stderr
+    assert "short" not in result.stderr.replace("SIDSERVE_API_KEYS", "")  # never echoes a key

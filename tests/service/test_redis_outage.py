@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from service_fixtures import serve, service_settings
+from service_fixtures import AUTH, TEST_API_KEY, serve, service_settings
 
 from sidserve.testing import RedisProcess
 from sidserve_client import RetryPolicy, ServiceUnavailable, SidServeClient
@@ -21,7 +21,7 @@ def test_redis_down_then_back(
 ) -> None:
     x, _ = sid_bundle_data
     with serve(service_settings(sid_bundle, redis_process.url)) as service, httpx.Client(
-        base_url=service.url, timeout=10
+        base_url=service.url, timeout=10, headers=AUTH
     ) as http:
         item = {"item_id": "before", "embedding": x[0].tolist()}
         assert http.post("/v1/items", json=item).status_code == 200
@@ -47,7 +47,8 @@ def test_redis_down_then_back(
         assert 'sidserve_redis_errors_total{operation="read"}' in http.get("/metrics").text
 
         # The client retries 503s, then surfaces the server's message.
-        with SidServeClient(service.url, retry=RetryPolicy(attempts=2, backoff=0.01, max_backoff=0.05)) as client:
+        policy = RetryPolicy(attempts=2, backoff=0.01, max_backoff=0.05)
+        with SidServeClient(service.url, retry=policy, api_key=TEST_API_KEY) as client:
             try:
                 client.features(["before"])
                 raise AssertionError("expected ServiceUnavailable")
@@ -70,7 +71,8 @@ def test_client_retries_until_redis_returns(
         restart = threading.Timer(0.5, redis_process.start)
         restart.start()
         # Retry-After is 1 s: the client waits it out (max_backoff 1.5 s) and succeeds.
-        with SidServeClient(service.url, retry=RetryPolicy(attempts=5, backoff=0.05, max_backoff=1.5)) as client:
+        policy = RetryPolicy(attempts=5, backoff=0.05, max_backoff=1.5)
+        with SidServeClient(service.url, retry=policy, api_key=TEST_API_KEY) as client:
             assert client.upsert_item("late", x[1]).status == "created"
         restart.join()
 
