@@ -32,6 +32,9 @@ def test_compose_file_is_valid_and_scales_the_service() -> None:
     assert "replicas: 3" in config
     assert "- always" in config  # the durability choice reaches redis-server's command line
     assert "redis-data:/data" in config  # AOF lives on a named volume, surviving container restarts
+    # API keys come from a mounted secret file (the service refuses to start without a key).
+    assert "SIDSERVE_API_KEYS_FILE: /run/secrets/sidserve_api_keys" in config
+    assert "source: sidserve_api_keys" in config
 
 
 def test_dockerfile_installs_the_service_without_torch() -> None:
