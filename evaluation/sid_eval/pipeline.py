@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from sid_exporter.train import TrainConfig
 
 from . import dataset, report, sids
@@ -54,13 +56,15 @@ def slice_masks(examples: Examples, split: Split) -> dict[str, np.ndarray]:
     }
 
 
-def run(data_dir: str | Path, out_dir: str | Path, config: EvalConfig, log=print) -> dict[str, Any]:
+def run(
+    data_dir: str | Path, out_dir: str | Path, config: EvalConfig, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Writes results.md, results.json, auc_by_slice.png, sid_quality.txt and bundle/ to out_dir."""
     with torch_threads(config.threads):
         return _run(data_dir, out_dir, config, log)
 
 
-def _run(data_dir: str | Path, out_dir: str | Path, config: EvalConfig, log) -> dict[str, Any]:
+def _run(data_dir: str | Path, out_dir: str | Path, config: EvalConfig, log: Callable[[str], None]) -> dict[str, Any]:
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

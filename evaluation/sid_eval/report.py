@@ -19,10 +19,12 @@ def markdown(result: dict[str, Any], slices: Sequence[str]) -> str:
     keys = [f"auc_{s}" for s in slices] + ["ne_overall", "ne_new"]
     head = ["variant", "table rows", *[f"AUC {s}" for s in slices], "NE overall", "NE new"]
     lines = [
-        f"Test examples per slice: {info['slice_examples']}; {info['train_examples']} training examples; "
-        f"cut {info['cut_day']}; {info['train_items']} training items, {info['new_test_items']} new test items; "
-        f"L={cfg['levels']}, K={cfg['codebook_size']}, H={info['table_rows']}; seeds {list(cfg['seeds'])}; "
-        f"{info['seconds']:.0f}s in all. Mean ± std over seeds; AUC higher is better, NE lower is better.",
+        (
+            f"Test examples per slice: {info['slice_examples']}; {info['train_examples']} training examples; "
+            f"cut {info['cut_day']}; {info['train_items']} training items, {info['new_test_items']} new test items; "
+            f"L={cfg['levels']}, K={cfg['codebook_size']}, H={info['table_rows']}; seeds {list(cfg['seeds'])}; "
+            f"{info['seconds']:.0f}s in all. Mean ± std over seeds; AUC higher is better, NE lower is better."
+        ),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from sid_exporter.export import export_bundle
 from sid_exporter.report import format_table, quality_report
 from sid_exporter.train import TrainConfig, train

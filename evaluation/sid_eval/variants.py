@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import sentencepiece as spm
+
 from sidserve.features import FeatureConfig, Parameterization, feature_rows
 
 TOKEN_PAD = -1  # padding inside an item's bag of rows; masked out by the model

@@ -4,6 +4,7 @@ no unique-ID row, the untrained row stays untrained, and the models learn above 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,7 +27,8 @@ def tiny(tiny_dataset, cut):
     s = temporal_split(d, np.datetime64(cut), 5, None)
     codes = np.random.default_rng(0).integers(0, K, (len(d.item_ids), L))
     h = table_size(int(s.train_items.sum()), 5.0)
-    return d, s, codes, h, {v.name: v for v in build_variants(d.item_ids, s.train_counts, codes, K, h, seed=0)}
+    variants = {v.name: v for v in build_variants(d.item_ids, s.train_counts, codes, K, h, seed=0)}
+    return SimpleNamespace(data=d, split=s, codes=codes, table=h, variants=variants)
 
 
 def test_table_size_is_prime_plus_one_at_the_collision_factor():
@@ -35,7 +37,7 @@ def test_table_size_is_prime_plus_one_at_the_collision_factor():
 
 
 def test_sid_rows_are_the_service_function(tiny):
-    d, s, codes, h, variants = tiny
+    codes, h, variants = tiny.codes, tiny.table, tiny.variants
     for name, param, n in [("sid_unigram", "unigram", L), ("sid_bigram", "bigram", L),
                            ("sid_prefix_n1", "prefix_ngram", 1), ("sid_prefix_n2", "prefix_ngram", 2)]:  # fmt: skip
         expected = feature_rows(codes, FeatureConfig(Parameterization(param), K, L, n, h))
@@ -46,7 +48,7 @@ def test_sid_rows_are_the_service_function(tiny):
 
 
 def test_every_table_variant_stays_inside_its_budget(tiny):
-    d, s, codes, h, variants = tiny
+    h, variants = tiny.table, tiny.variants
     for v in variants.values():
         if v.rows is None:
             continue
@@ -55,21 +57,21 @@ def test_every_table_variant_stays_inside_its_budget(tiny):
 
 
 def test_unseen_items_get_no_unique_id_row(tiny):
-    d, s, codes, h, variants = tiny
+    s, variants = tiny.split, tiny.variants
     rows = variants["unique_id"].rows[:, 0]
     assert (rows[~s.train_items] == 0).all()
     assert len(np.unique(rows[s.train_items])) == s.train_items.sum() and rows[s.train_items].min() == 1
 
 
 def test_spm_pieces_partition_each_sid(tiny):
-    rows = tiny[4]["sid_spm"].rows
+    rows = tiny.variants["sid_spm"].rows
     n = (rows >= 0).sum(1)
     assert (n >= 1).all() and (n <= L).all()
-    assert rows.max() < tiny[3]
+    assert rows.max() < tiny.table
 
 
 def test_shared_unseen_row_stays_untrained(tiny):
-    d, s, codes, h, variants = tiny
+    d, s, variants = tiny.data, tiny.split, tiny.variants
     model = Ranker(variants["unique_id"], d.embeddings, dim=8)
     before = model.table.weight[0].detach().clone()
     with torch_threads(1):
