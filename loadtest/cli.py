@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -36,12 +37,20 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--noop-path", default="/v1/_noop", help="the service's no-op endpoint taking a features body")
     b.add_argument("--out", type=Path)
 
+    r.add_argument("--rate-scale", type=float, default=1.0,
+                   help="multiply every scenario's rate (e.g. 0.4 on a machine that cannot sustain the "
+                   "profile's rates; throughput budgets stay as written)")
+
     args = p.parse_args(argv)
+    # SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so Redis and the service are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     if args.cmd == "run":
         from . import runner
 
         prof = profiles.get(args.profile, workers=args.workers, duration_s=args.duration, warmup_s=args.warmup,
                             corpus=args.corpus)
+        if args.rate_scale != 1.0:
+            prof = profiles.scale_rates(prof, args.rate_scale)
         return runner.run(prof, args.bundle, args.out, args.budgets, client=args.client, only=args.scenario)
     from . import bench
 

@@ -53,7 +53,7 @@ SMOKE = Profile(
 )  # fmt: skip
 
 FULL = Profile(
-    name="full", corpus=1_000_000, dim=384, levels=8, codebook_size=2048, train_n=20_000, epochs=5,
+    name="full", corpus=1_000_000, dim=384, levels=8, codebook_size=2048, train_n=20_000, epochs=3,
     warmup_s=10.0, duration_s=60.0, workers=2, late_ms=1.0,
     scenarios=(
         _fetch("fetch_300_zipf", 500),
@@ -74,3 +74,7 @@ def get(name: str, **overrides) -> Profile:
     if name not in PROFILES:
         raise SystemExit(f"unknown profile {name!r}; choose from {sorted(PROFILES)}")
     return replace(PROFILES[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def scale_rates(profile: Profile, factor: float) -> Profile:
+    return replace(profile, scenarios=tuple(replace(s, rate=s.rate * factor) for s in profile.scenarios))

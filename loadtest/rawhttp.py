@@ -151,7 +151,7 @@ class RawHttpPool:
         except OSError as e:
             self.connecting -= 1
             if self.waiting:  # fail one waiter, so a down service shows as errors, not a hang
-                _, cb = self.waiting.popleft()
+                _, cb, _ = self.waiting.popleft()
                 cb(0, b"", time.perf_counter(), time.perf_counter(), f"connect failed: {e!r}")
             return
         self.connecting -= 1
@@ -167,7 +167,7 @@ class RawHttpPool:
             self.busy.add(conn)
             conn.send(request, cb)
             return
-        self.waiting.append((request, cb))
+        self.waiting.append((request, cb, time.perf_counter()))
         self.max_waiting = max(self.max_waiting, len(self.waiting))
         if len(self.busy) + self.connecting < self.max_connections:
             asyncio.get_running_loop().create_task(self._open_one())
@@ -177,7 +177,7 @@ class RawHttpPool:
             self.busy.discard(conn)
             return
         if self.waiting:
-            request, cb = self.waiting.popleft()
+            request, cb, _ = self.waiting.popleft()
             self.busy.add(conn)
             conn.send(request, cb)
         else:
@@ -194,6 +194,10 @@ class RawHttpPool:
     def expire(self, now: float) -> int:
         """Fail requests in flight longer than timeout_s (their connections are closed)."""
         n = 0
+        while self.waiting and now - self.waiting[0][2] > self.timeout_s:  # never got a connection
+            _, cb, t_enq = self.waiting.popleft()
+            cb(0, b"", now, now, f"timeout: no free connection for {self.timeout_s} s")
+            n += 1
         for conn in list(self.busy):
             if conn.cb is not None and now - conn.t_sent > self.timeout_s:
                 conn._fail(f"timeout after {self.timeout_s} s")

@@ -145,8 +145,9 @@ def test_driver_open_model_against_a_tiny_server():
     # the 50 ms stall delayed the ~20 requests queued behind it on the single connection:
     # measured from their intended times they are slow although each was served fast.
     assert t.latency.max_ms() >= 45
-    assert t.latency.percentile_ms(90) >= 5
-    assert t.service.percentile_ms(50) < 5
+    # ~16 requests (8 %) were due in the stall's first 40 ms: each waited >= 10 ms
+    assert t.latency.percentile_ms(95) >= 10
+    assert t.service.percentile_ms(50) < t.latency.percentile_ms(95)
 
 
 def test_driver_counts_errors_and_transport_failures():
