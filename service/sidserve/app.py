@@ -43,6 +43,7 @@ from .schemas import (
     ItemIn,
     ItemOut,
     ItemRead,
+    NoopOut,
     ReadyOut,
 )
 from .security import Guard, GuardedRoute
@@ -319,6 +320,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
         # Columnar numpy arrays straight to JSON: per-row pydantic models would cost more than Redis.
         return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+    @app.post(
+        "/v1/_noop", response_model=NoopOut, tags=["benchmark"],
+        responses={413: _E413, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
+        summary="Benchmark aid: the features request without Redis or features (HTTP + framework floor)",
+    )  # fmt: skip
+    async def noop(body: FeaturesIn, serving: Ready) -> Response:
+        """Takes the features endpoint's body through the same route class, guard, body limit,
+        parsing and validation, then answers a constant-size JSON without touching Redis. The
+        difference between /v1/features and this endpoint is the cost of the lookup itself
+        (`python -m loadtest bench`). Harmless in production: it reads nothing and writes nothing."""
+        return Response(orjson.dumps({"ids": len(body.candidates) + len(body.history)}), media_type="application/json")
 
     @app.get("/healthz", response_model=HealthOut, tags=["health"], summary="Liveness")
     async def healthz() -> HealthOut:

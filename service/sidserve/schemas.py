@@ -125,6 +125,10 @@ class FeaturesOut(BaseModel):
     history: FeatureBlock
 
 
+class NoopOut(BaseModel):
+    ids: int = Field(description="How many IDs the request carried (candidates + history).")
+
+
 class ErrorOut(BaseModel):
     detail: str = Field(description="What went wrong, for a human.")
 
