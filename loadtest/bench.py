@@ -29,7 +29,7 @@ from . import corpus, driver, procs, promparse, schedule, workload
 from .hist import LatencyHistogram
 from .profiles import FULL
 from .rawhttp import RawHttpPool, encode_request
-from .runner import _json_default, machine_note
+from .runner import _json_default, machine_note, scrape
 
 SIZES = {1: (1, 0), 300: (200, 100), 1000: (1000, 0)}
 
@@ -98,10 +98,10 @@ def http_point(svc: procs.Service, path: str, sets: list[list[str]], size: int, 
         try:
             await pool.warm(8)
             await driver.drive(pool, schedule.constant_offsets(rate, warmup_s), kinds, rate=rate)
-            before = svc.get("/metrics")[1].decode()
+            before = scrape(svc)
             res = await driver.drive(pool, schedule.constant_offsets(rate, duration_s), kinds, rate=rate)
-            after = svc.get("/metrics")[1].decode()
-            return res, promparse.delta_summary(before, after, path)
+            after = scrape(svc)
+            return res, (promparse.delta_summary(before, after, path) if before and after else None)
         finally:
             pool.close()
 

@@ -106,6 +106,15 @@ def summarize(sc: Scenario, res: driver.DriveResult, late_ms: float, server: dic
     return out
 
 
+def scrape(svc: procs.Service) -> str | None:
+    """/metrics, or None when an overloaded service does not answer it in time (no server-side figure)."""
+    try:
+        status, body = svc.get("/metrics", timeout=30.0)
+        return body.decode() if status == 200 else None
+    except OSError:
+        return None
+
+
 def drive_scenario(svc: procs.Service, sc: Scenario, profile: Profile, n_items: int,
                    src: corpus.EmbeddingSource, seed: int, run_tag: str, client: str = "raw",
                    duration_s: float | None = None, warmup_s: float | None = None) -> dict:
@@ -125,10 +134,11 @@ def drive_scenario(svc: procs.Service, sc: Scenario, profile: Profile, n_items: 
             await pool.warm(min(32, max(2, int(sc.rate // 50))))
             if warm is not None:  # same rate, same kinds, results dropped
                 await driver.drive(pool, warm, kinds, choice[len(offsets):], late_s, rate=sc.rate)
-            before = svc.get("/metrics")[1].decode()
+            before = scrape(svc)
             res = await driver.drive(pool, offsets, kinds, choice[: len(offsets)], late_s, rate=sc.rate)
-            after = svc.get("/metrics")[1].decode()
-            res.server = {k.name: promparse.delta_summary(before, after, _kind_endpoint(k.name)) for k in kinds}
+            after = scrape(svc)
+            res.server = {k.name: promparse.delta_summary(before, after, _kind_endpoint(k.name))
+                          if before is not None and after is not None else None for k in kinds}
             return res
         finally:
             pool.close()
@@ -172,6 +182,10 @@ def run(profile: Profile, bundle: Path | None, out: Path | None, budgets_file: P
                 r["budget_misses"] = budgets_mod.check(r, r["budget"])
                 results.append(r)
                 log(row(r))
+                if out:  # partial results survive a crash or a stop mid-run
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_text(json.dumps({"profile": profile.name, "partial": True, "scenarios": results},
+                                              indent=2, default=_json_default))
     report = {
         "profile": profile.name, "client": client,
         "config": {**{k: v for k, v in asdict(profile).items() if k != "scenarios"}, "bundle": str(bundle),
