@@ -1,8 +1,8 @@
 """`python -m loadtest bench`: the features endpoint against its floors, same run, same keys.
 
 For 1, 300 (200 candidates + 100 history) and 1,000 IDs, with the same Zipf-drawn ID sets:
-  1. the Redis floor: sync redis-py (hiredis) MGET of the storage module's keys from this one
-     process, no HTTP, closed loop; and the storage module's own read path
+  1. the Redis floor: sync redis-py (hiredis) MGET of plain string keys holding the same items'
+     packed codes, from this one process, no HTTP, closed loop; and the storage module's own read path
      (`SidStore.read`: redis.asyncio MGET + unpacking), the service's actual Redis cost;
   2. the HTTP + framework floor: the service's no-op endpoint taking the same request body
      (open model at --rate), when the service has one;
@@ -42,10 +42,18 @@ def id_sets(n_items: int, sets: int, seed: int = 7) -> dict[int, list[list[str]]
     return out
 
 
-def mget_floor(url: str, keys_of, sets: list[list[str]], iters: int) -> dict:
-    """Sync redis-py MGET of the storage keys, one process, closed loop."""
-    r = redis.Redis.from_url(url)
-    keysets = [[keys_of(i) for i in ids] for ids in sets]
+def mget_floor(url: str, codes: np.ndarray, sets: list[list[str]], iters: int) -> dict:
+    """Sync redis-py MGET, one process, closed loop, of plain string keys `floor:<item_id>` holding
+    each item's codes packed little-endian (uint16 for K = 2048: 16 bytes), written to database 1
+    of the same Redis for the IDs the sets use: the floor whatever layout the service stores."""
+    r = redis.Redis.from_url(url, db=1)
+    ids = sorted({i for s in sets for i in s})
+    dtype = "<u1" if codes.max() < 256 else "<u2"
+    pipe = r.pipeline(transaction=False)
+    for i in ids:
+        pipe.set(b"floor:" + i.encode(), codes[int(i.split("-")[1])].astype(dtype).tobytes())
+    pipe.execute()
+    keysets = [[b"floor:" + i.encode() for i in s] for s in sets]
     h = LatencyHistogram()
     for ks in keysets[: min(200, len(keysets))]:  # warm-up
         r.mget(ks)
@@ -152,12 +160,9 @@ def main(args) -> int:
         print(f"[bench] Redis used_memory per item: "
               + ", ".join(f"{d / n:.1f} B over {n:,}" for n, d in mem.items()), flush=True)
 
-        from sidserve import storage
-
-        store = storage.SidStore(None, m["model_version"], m["levels"], m["codebook_size"])
         floor = {}
         for size in SIZES:
-            floor[size] = {"mget": mget_floor(rs.url, store.key, sets[size], iters[size]),
+            floor[size] = {"mget": mget_floor(rs.url, codes, sets[size], iters[size]),
                            "storage_read": storage_read(rs.url, m, sets[size], iters[size])}
             print(f"[bench] floor {size:>4} IDs: MGET p50 {floor[size]['mget']['p50_ms']:.3f} ms, "
                   f"SidStore.read p50 {floor[size]['storage_read']['p50_ms']:.3f} ms", flush=True)
