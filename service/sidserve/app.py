@@ -23,6 +23,7 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -96,7 +97,13 @@ class ServiceState:
             table_size=features.table_size, codebook_size=features.codebook_size,
             levels=features.levels, num_tokens=features.num_tokens,
         ).model_dump()  # fmt: skip
-        store = SidStore(self.redis, model.version, model.levels, model.codebook_size, s.key_prefix)
+        store = SidStore(
+            self.redis, model.version, model.levels, model.codebook_size, s.key_prefix, s.store_bucket_bits
+        )
+        try:  # load the Redis functions now (two round trips, no key scan); else on first use
+            await store.prepare()
+        except RedisError as e:
+            log.warning("Redis unreachable at startup (%s): the storage functions load on first use", e)
         self.serving = Serving(model, store, features, features_out)
         self.metrics.model_info.labels(model.version, str(model.levels), str(model.codebook_size)).set(1)
         log.info(
@@ -128,6 +135,7 @@ def _retry_after_header(description: str) -> dict[str, Any]:
                                         "schema": {"type": "integer"}}}}  # fmt: skip
 
 
+_E400 = {"model": ErrorOut, "description": "The body could not be read as JSON text (e.g. not UTF-8)."}
 _E413 = {"model": ErrorOut, "description": "Request body larger than the configured limit (SIDSERVE_MAX_BODY_BYTES)."}
 _E503 = _retry_after_header("Redis unreachable or no model loaded; retry after Retry-After seconds.")
 _E404 = {"model": ErrorOut, "description": "No SID stored for this item under the loaded model version."}
@@ -261,7 +269,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post(
         "/v1/items", response_model=ItemOut, tags=["items"],
-        responses={413: _E413, 503: _E503, **writes["responses"]}, dependencies=writes["dependencies"],
+        responses={400: _E400, 413: _E413, 503: _E503, **writes["responses"]}, dependencies=writes["dependencies"],
         summary="Create or update one item",
     )  # fmt: skip
     async def upsert_item(item: ItemIn, serving: Ready) -> ItemOut:
@@ -272,7 +280,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post(
         "/v1/items/batch", response_model=ItemBatchOut, tags=["items"],
-        responses={413: _E413, 503: _E503, **writes["responses"]}, dependencies=writes["dependencies"],
+        responses={400: _E400, 413: _E413, 503: _E503, **writes["responses"]}, dependencies=writes["dependencies"],
         summary="Create or update a batch of items, all or nothing",
     )  # fmt: skip
     async def upsert_items(batch: ItemBatchIn, serving: Ready) -> ItemBatchOut:
@@ -299,7 +307,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post(
         "/v1/features", response_model=FeaturesOut, tags=["features"],
-        responses={413: _E413, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
+        responses={400: _E400, 413: _E413, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
         summary="SIDs and embedding-table rows of candidates and history, in one call",
     )  # fmt: skip
     async def features(body: FeaturesIn, serving: Ready) -> Response:
@@ -323,7 +331,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post(
         "/v1/_noop", response_model=NoopOut, tags=["benchmark"],
-        responses={413: _E413, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
+        responses={400: _E400, 413: _E413, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
         summary="Benchmark aid: the features request without Redis or features (HTTP + framework floor)",
     )  # fmt: skip
     async def noop(body: FeaturesIn, serving: Ready) -> Response:
