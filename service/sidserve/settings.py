@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     key_prefix: str = Field(
         default="sid", min_length=1, description="First component of every Redis key (see the key layout)."
     )
+    store_bucket_bits: int = Field(
+        default=14, ge=1, le=32,
+        description="Redis layout: 2^bits hash buckets per model version; aim for ~64 items per bucket "
+        "(14 for ~1M items, +1 per doubling). Items are found again only with the bits they were written "
+        "with: the first writer records them in Redis and later processes adopt that value.",
+    )  # fmt: skip
     retry_after_s: PositiveInt = Field(
         default=1, description="Retry-After (seconds) sent with 503 answers while Redis is unreachable."
     )

@@ -46,8 +46,12 @@ def _ids(n: int) -> list[str]:
 
 
 def _stored_keys(live_service: LiveService, item_ids: list[str]) -> int:
-    version = live_service.app.state.sidserve.serving.model.version
-    return redis.Redis.from_url(live_service.settings.redis_url).exists(*[f"sid:{version}:{i}" for i in item_ids])
+    """How many of the items have a SID in Redis (looked up directly, layout from the store)."""
+    store = live_service.app.state.sidserve.serving.store
+    keys, fields = store.locate(item_ids)
+    r = redis.Redis.from_url(live_service.settings.redis_url)
+    width = len(fields) // len(item_ids)
+    return sum(r.hexists(k, fields[i * width : (i + 1) * width]) for i, k in enumerate(keys))
 
 
 def _post(http: httpx.Client, path: str, body: object) -> httpx.Response:

@@ -1,4 +1,5 @@
-"""SidStore against a real Redis: key layout, packing, write statuses, atomicity, reads."""
+"""SidStore against a real Redis: bucket layout, packing, write statuses, atomicity, one round trip per
+call, function reload, layout key."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import redis
 
-from sidserve.storage import SidStore, StorageUnavailable, code_dtype, connect
+from sidserve.storage import FINGERPRINT_BYTES, LayoutMismatch, SidStore, StorageUnavailable, code_dtype, connect
 
 
 def _store(url: str, version: str = "0123456789abcdef", levels: int = 3, k: int = 16) -> SidStore:
@@ -28,18 +29,25 @@ def test_code_dtype(k: int, dtype: str, width: int) -> None:
     assert code_dtype(k) == np.dtype(dtype) and code_dtype(k).itemsize == width
 
 
-def test_layout_version_in_key_and_packed_little_endian(redis_url: str) -> None:
+def test_layout_listpack_bucket_with_bit_packed_value(redis_url: str) -> None:
     [item] = _ids(1)
+    codes = np.array([[2047, 1, 2, 3, 4, 5, 6, 258]])
 
-    async def main() -> None:
+    async def main() -> SidStore:
         store = _store(redis_url, levels=8, k=2048)
-        assert await store.write([item], np.array([[2047, 1, 2, 3, 4, 5, 6, 258]])) == ["created"]
+        assert await store.write([item], codes) == ["created"]
         await store.redis.aclose()
+        return store
 
-    asyncio.run(main())
-    raw = redis.Redis.from_url(redis_url).get(f"sid:0123456789abcdef:{item}".encode())
-    assert raw == np.array([2047, 1, 2, 3, 4, 5, 6, 258], dtype="<u2").tobytes()
-    assert raw[:2] == b"\xff\x07"  # little-endian uint16: 16 bytes for L = 8
+    store = asyncio.run(main())
+    r = redis.Redis.from_url(redis_url)
+    [key], field = store.locate([item])
+    assert key.startswith(b"sid:{0123456789abcdef:") and len(key) == 28 and len(field) == FINGERPRINT_BYTES
+    assert r.type(key) == b"hash" and r.object("encoding", key) == b"listpack"
+    raw = r.hget(key, field)
+    assert len(raw) == 11  # 8 codes x 11 bits = 88 bits
+    assert int.from_bytes(raw, "little") == sum(int(c) << (11 * i) for i, c in enumerate(codes[0]))
+    assert r.get(b"sid:0123456789abcdef:layout").startswith(b"sidserve-buckets/1 bucket_bits=14 ")
 
 
 def test_statuses_reads_duplicates_and_versions(redis_url: str) -> None:
@@ -66,42 +74,96 @@ def test_statuses_reads_duplicates_and_versions(redis_url: str) -> None:
     asyncio.run(main())
 
 
-def test_reads_use_one_mget_of_distinct_ids(redis_url: str) -> None:
+def _calls(r: redis.Redis) -> dict[str, int]:
+    stats = r.info("commandstats")
+    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {c: n - before.get(c, 0) for c, n in after.items() if n != before.get(c, 0) and c != "info"}
+
+
+def test_a_read_is_one_function_call(redis_url: str) -> None:
+    """One FCALL_RO per read (one round trip), whatever the number of IDs; repeats answered alike."""
+    r = redis.Redis.from_url(redis_url)
+
     async def main() -> None:
         store = _store(redis_url)
         ids = _ids(3)
-        await store.write(ids, np.array([[1, 1, 1], [2, 2, 2], [3, 3, 3]]))
-        calls = []
-        original = store.redis.mget
-
-        async def counting_mget(keys, *args):  # type: ignore[no-untyped-def]
-            calls.append(list(keys))
-            return await original(keys, *args)
-
-        store.redis.mget = counting_mget  # type: ignore[method-assign]
-        got, known = await store.read([ids[2], ids[0], ids[2], ids[2], ids[1]])
-        assert len(calls) == 1 and len(calls[0]) == 3
-        assert got[:, 0].tolist() == [3, 1, 3, 3, 2] and known.all()
+        await store.write(ids, np.array([[1, 1, 1], [2, 2, 2], [3, 3, 3]]))  # also loads the functions
+        before = _calls(r)
+        got, known = await store.read([ids[2], ids[0], ids[2], "nope", ids[1]])
+        assert _delta(before, _calls(r)) == {"fcall_ro": 1, "hget": 5}  # the HGETs run inside Redis
+        assert got[:, 0].tolist() == [3, 1, 3, 0, 2] and known.tolist() == [True, True, True, False, True]
         await store.redis.aclose()
 
     asyncio.run(main())
 
 
-def test_write_is_one_multi_exec_transaction(redis_url: str) -> None:
-    """All SETs of a batch go in one MULTI/EXEC: Redis applies all of them or none."""
+def test_write_is_one_function_call_all_or_nothing(redis_url: str) -> None:
     r = redis.Redis.from_url(redis_url)
-
-    def calls() -> dict[str, int]:
-        stats = r.info("commandstats")
-        return {c: stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("multi", "exec", "set")}
 
     async def main() -> None:
         store = _store(redis_url)
-        before = calls()
-        await store.write(_ids(5), np.ones((5, 3), dtype=np.int64))
-        after = calls()
-        assert {c: after[c] - before[c] for c in after} == {"multi": 1, "exec": 1, "set": 5}
+        await store.prepare()  # FUNCTION LOAD + the layout key: once per process, not per call
+        ids = _ids(5)
+        before = _calls(r)
+        assert await store.write(ids, np.ones((5, 3), dtype=np.int64)) == ["created"] * 5
+        assert _delta(before, _calls(r)) == {"fcall": 1, "hget": 5, "hset": 5}
+        before = _calls(r)
+        assert await store.write(ids[:2], np.array([[1, 1, 1], [1, 1, 2]])) == ["unchanged", "updated"]
+        assert _delta(before, _calls(r)) == {"fcall": 1, "hget": 2, "hset": 1}  # unchanged: not rewritten
+
+        # A foreign value type at one item's bucket: the whole batch fails, nothing is written.
+        fresh = _ids(20)
+        keys, _ = store.locate(fresh)
+        saved = r.dump(keys[-1])
+        r.set(keys[-1], b"not a hash")
+        with pytest.raises(StorageUnavailable, match="WRONGTYPE"):
+            await store.write(fresh, np.full((20, 3), 7))
+        r.delete(keys[-1])
+        if saved is not None:
+            r.restore(keys[-1], 0, saved)
+        assert not (await store.read(fresh))[1].any()
         await store.redis.aclose()
+
+    asyncio.run(main())
+
+
+def test_functions_reloaded_after_flush(redis_url: str) -> None:
+    """A Redis that lost the function library (restart, FUNCTION FLUSH): load it again, retry once."""
+    r = redis.Redis.from_url(redis_url)
+
+    async def main() -> None:
+        store = _store(redis_url)
+        [a] = _ids(1)
+        await store.write([a], np.array([[4, 5, 6]]))
+        r.function_flush()
+        got, known = await store.read([a])
+        assert known.tolist() == [True] and got.tolist() == [[4, 5, 6]]
+        assert r.function_list(library="sidserve_*")
+        r.function_flush()
+        assert await store.write([a], np.array([[4, 5, 7]])) == ["updated"]
+        await store.redis.aclose()
+
+    asyncio.run(main())
+
+
+def test_layout_key_bucket_bits_adopted_and_foreign_layout_refused(redis_url: str) -> None:
+    async def main() -> None:
+        version = uuid.uuid4().hex[:16]
+        writer = SidStore(connect(redis_url, 0.25, 0.5, 8), version, 3, 16, bucket_bits=12)
+        [a] = _ids(1)
+        await writer.write([a], np.array([[1, 2, 3]]))
+        reader = SidStore(connect(redis_url, 0.25, 0.5, 8), version, 3, 16, bucket_bits=8)
+        got, known = await reader.read([a])
+        assert reader.bucket_bits == 12 and known.all() and got.tolist() == [[1, 2, 3]]
+        redis.Redis.from_url(redis_url).set(f"sid:{version}:layout", "sidserve-buckets/9 whatever")
+        other = SidStore(connect(redis_url, 0.25, 0.5, 8), version, 3, 16)
+        with pytest.raises(LayoutMismatch):
+            await other.prepare()
+        for s in (writer, reader, other):
+            await s.redis.aclose()
 
     asyncio.run(main())
 

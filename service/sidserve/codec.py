@@ -1,0 +1,101 @@
+"""Byte-level encodings of the storage layout, vectorised with numpy (no per-item Python work).
+
+- `IdHasher`: two independent 64-bit hashes of each item ID, computed over the whole request at
+  once. Part of the stored format: changing the constants or the mixing is a new layout.
+- `BitPacker`: an item's L codes of b = ceil(log2 K) bits each, packed little-endian into
+  ceil(L * b / 8) bytes (L = 8, K = 2048: 88 bits = 11 bytes, against 16 for uint16 codes).
+
+storage.py decides where these bytes go in Redis; this module only turns IDs and codes into
+bytes and back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+_MAX_ID_CHARS = 256  # schemas.MAX_ITEM_ID_BYTES: an ID has at most as many characters as bytes
+
+
+class IdHasher:
+    """Two 64-bit hashes of each ID, over its Unicode code points, for a whole list at once.
+
+    Each hash is a multilinear sum  len * k_0 + sum_j cp_j * k_j  (mod 2^64) of the code points
+    with fixed random odd 64-bit keys (Lemire & Kaser's multilinear family), one matrix product
+    for the whole request. Zero padding (numpy's fixed-width 'U' array) adds nothing to the sum
+    and the length separates "a" from "a\\x00", so the value does not depend on the other IDs of
+    the request. Take the HIGH bits: for two IDs, the top t bits of a hash agree with
+    probability about 2^-t over the keys; h1 and h2 use independent keys.
+    Not a cryptographic hash: IDs come from authenticated writers.
+    """
+
+    def __init__(self, seed: int = 0x51D5E7) -> None:
+        rng = np.random.default_rng(seed)
+        keys = rng.integers(0, 2**63, size=(_MAX_ID_CHARS + 1, 2), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        self._keys = keys[1:]  # [256, 2]: per code-point position, for h1 and h2
+        self._len_keys = keys[0]  # [2]: for the length
+
+    def __call__(self, item_ids: Sequence[str]) -> np.ndarray:
+        """uint64 [n, 2]: (h1, h2) of each ID. Use their high bits (multiply-shift: the low bits
+        of a product depend only on the low bits of its factors)."""
+        n = len(item_ids)
+        if n == 0:
+            return np.zeros((0, 2), dtype=np.uint64)
+        chars = np.array(item_ids, dtype=str)
+        width = chars.dtype.itemsize // 4
+        if width > _MAX_ID_CHARS:
+            raise ValueError(f"item IDs are at most {_MAX_ID_CHARS} characters")
+        cp = chars.view(np.uint32).reshape(n, width)
+        if "\x00" in "".join(item_ids):  # rare: a NUL looks like padding, count characters
+            lengths = np.fromiter(map(len, item_ids), dtype=np.uint64, count=n)
+        else:
+            lengths = np.count_nonzero(cp, axis=1).astype(np.uint64)
+        with np.errstate(over="ignore"):
+            return cp @ self._keys[:width] + lengths[:, None] * self._len_keys
+
+
+def code_bits(codebook_size: int) -> int:
+    """Bits per code: ceil(log2 K), at least 1."""
+    if codebook_size < 2:
+        raise ValueError(f"codebook_size must be >= 2, got {codebook_size}")
+    return max(1, (codebook_size - 1).bit_length())
+
+
+class BitPacker:
+    """[B, L] codes in [0, K) <-> B values of `width` bytes, codes bit-packed little-endian.
+
+    Code l (0-based) of an item occupies bits [l*b, (l+1)*b) of the value read as one
+    little-endian integer; the unused high bits of the last byte are 0.
+    """
+
+    def __init__(self, levels: int, codebook_size: int) -> None:
+        self.levels = levels
+        self.bits = code_bits(codebook_size)
+        if self.bits > 32:
+            raise ValueError(f"codebook_size {codebook_size} does not fit in 32 bits")
+        self.width = (levels * self.bits + 7) // 8
+        # Code l starts at bit l*b: byte l*b // 8, shift l*b % 8; 8 bytes from there hold it (b <= 32).
+        offsets = np.arange(levels) * self.bits
+        self._gather = (offsets // 8)[:, None] + np.arange(8)  # [L, 8] byte indices
+        self._shift = (offsets % 8).astype(np.uint64)
+        self._mask = np.uint64((1 << self.bits) - 1)
+
+    def pack(self, codes: np.ndarray) -> bytes:
+        """[B, L] codes -> B * width bytes (value i at [i*width, (i+1)*width))."""
+        codes = np.asarray(codes)
+        b = codes.shape[0]
+        as32 = np.ascontiguousarray(codes, dtype="<u4").reshape(b, self.levels, 1).view(np.uint8)
+        bits = np.unpackbits(as32, axis=2, bitorder="little")[:, :, : self.bits]  # [B, L, b]
+        flat = np.zeros((b, self.width * 8), dtype=np.uint8)
+        flat[:, : self.levels * self.bits] = bits.reshape(b, -1)
+        return np.packbits(flat, axis=1, bitorder="little").tobytes()
+
+    def unpack(self, blob: bytes, count: int) -> np.ndarray:
+        """count * width bytes -> int64 [count, L]."""
+        if len(blob) != count * self.width:
+            raise ValueError(f"expected {count} values of {self.width} bytes, got {len(blob)} bytes")
+        padded = np.zeros((count, self.width + 8), dtype=np.uint8)
+        padded[:, : self.width] = np.frombuffer(blob, dtype=np.uint8).reshape(count, self.width)
+        words = np.ascontiguousarray(padded[:, self._gather]).view("<u8")[:, :, 0]  # [count, L]: 8 bytes from each code's start
+        return ((words >> self._shift) & self._mask).astype(np.int64)

@@ -1,0 +1,55 @@
+"""codec: ID hashes independent of the rest of the request, bit-packing round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sidserve.codec import BitPacker, IdHasher, code_bits
+
+
+def test_hashes_do_not_depend_on_the_other_ids() -> None:
+    h = IdHasher()
+    ids = [f"item-{i:08d}" for i in range(50)]
+    alone = np.vstack([h([i]) for i in ids])
+    assert (h(ids) == alone).all()
+    assert (h(ids + ["x" * 256]) [:50] == alone).all()  # a long ID widens the array: same hashes
+    assert h([]).shape == (0, 2)
+
+
+def test_trailing_nul_and_unicode_are_distinct() -> None:
+    h = IdHasher()
+    got = h(["a", "a\x00", "a\x00\x00", "\x00", "é", "e", "é/ü:{x}", "😀"])
+    assert len({tuple(row) for row in got.tolist()}) == 8
+    assert (h(["a\x00", "b"])[0] == got[1]).all()  # the NUL path agrees with the per-ID result
+
+
+def test_hash_high_bits_spread_and_distinct() -> None:
+    h = IdHasher()
+    got = h([f"item-{i:08d}" for i in range(200_000)])
+    buckets = np.bincount((got[:, 0] >> np.uint64(52)).astype(np.int64), minlength=4096)
+    assert buckets.min() > 20 and buckets.max() < 80  # ~49 each
+    assert len(set((got[:, 1] >> np.uint64(16)).tolist())) == 200_000
+
+
+@pytest.mark.parametrize("k", [2, 3, 16, 256, 2048, 2049, 65536, 2**32])
+@pytest.mark.parametrize("levels", [1, 3, 8])
+def test_bit_packing_round_trip(k: int, levels: int) -> None:
+    p = BitPacker(levels, k)
+    assert p.bits == code_bits(k) and p.width == (levels * p.bits + 7) // 8
+    codes = np.random.default_rng(k + levels).integers(0, k, size=(64, levels))
+    codes[0] = k - 1
+    codes[1] = 0
+    blob = p.pack(codes)
+    assert len(blob) == 64 * p.width
+    assert (p.unpack(blob, 64) == codes).all()
+    assert p.unpack(b"", 0).shape == (0, levels)
+
+
+def test_bit_layout_is_little_endian() -> None:
+    p = BitPacker(8, 2048)
+    assert p.width == 11
+    blob = p.pack(np.array([[2047, 1, 2, 3, 4, 5, 6, 258]]))
+    assert int.from_bytes(blob, "little") == sum(c << (11 * i) for i, c in enumerate([2047, 1, 2, 3, 4, 5, 6, 258]))
+    with pytest.raises(ValueError):
+        p.unpack(blob[:-1], 1)
