@@ -18,6 +18,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import httpx
 import numpy as np
@@ -60,7 +61,7 @@ class Load:
                 self.calls.append((n, start, time.monotonic() - start, outcome, retry_after))
                 time.sleep(0.005)
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         self.threads = [threading.Thread(target=self.run, args=(n,), daemon=True) for n in range(THREADS)]
         for t in self.threads:
             t.start()

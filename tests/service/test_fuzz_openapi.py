@@ -17,14 +17,14 @@ from collections import Counter
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")  # the dev extra
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis.errors import Unsatisfiable  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.checks import positive_data_acceptance  # noqa: E402
-from service_fixtures import AUTH, TEST_API_KEY, LiveService  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import positive_data_acceptance
+from service_fixtures import AUTH, TEST_API_KEY, LiveService
 
-from sidserve.app import create_app  # noqa: E402
-from sidserve.settings import Settings  # noqa: E402
+from sidserve.app import create_app
+from sidserve.settings import Settings
 
 MAX_EXAMPLES = 40  # per operation and generation mode
 D = 32  # the test bundle's input_dim
