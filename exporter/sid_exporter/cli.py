@@ -39,6 +39,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     x, _ = load_dataset(args.embeddings, args.ids)
     names = {f.name for f in fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+    config.max_steps = config.max_steps or None  # --max-steps 0: no cap
     model, metrics = train(x, config)
     save_checkpoint(args.out, model, config, metrics, x)
     util = ", ".join(f"{u:.0%}" for u in metrics["utilization"])
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--latent-dim", type=int, default=d.latent_dim, help="D', rqvae latent size")
     t.add_argument("--hidden", type=int, nargs="+", default=list(d.hidden), help="rqvae encoder widths")
     t.add_argument("--epochs", type=int, default=d.epochs, help="rqvae passes over the data")
-    t.add_argument("--max-steps", type=int, default=d.max_steps, help="rqvae optimizer steps cap")
+    t.add_argument("--max-steps", type=int, default=d.max_steps, help="rqvae optimizer steps cap (0: none)")
     t.add_argument("--batch-size", type=int, default=d.batch_size)
     t.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
     t.add_argument("--beta", type=float, default=d.beta, help="commitment loss weight")

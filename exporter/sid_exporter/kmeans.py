@@ -20,16 +20,23 @@ def assign(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 def kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """k-means++ seeding: each new centre drawn with probability ~ squared distance to the nearest."""
     n = x.shape[0]
+    x_sq = (x * x).sum(-1)
+
+    def dist_to(i: torch.Tensor) -> torch.Tensor:
+        # ||x||^2 - 2 x.c + ||c||^2: one mat-vec, no N x D temporary (100k x 384 stays fast).
+        c = x[i].squeeze(0)
+        return (x_sq - 2.0 * (x @ c) + x_sq[i]).clamp(min=0)
+
     first = torch.randint(n, (1,), generator=generator, device=x.device)
-    centres = [x[first]]
-    d2 = (x - centres[0]).pow(2).sum(-1)
+    chosen = [first]
+    d2 = dist_to(first)
     for _ in range(k - 1):
         # All points coincide with centres (fewer distinct points than k): fall back to uniform.
         weights = d2 if d2.sum() > 0 else torch.ones_like(d2)
         nxt = torch.multinomial(weights, 1, generator=generator)
-        centres.append(x[nxt])
-        d2 = torch.minimum(d2, (x - x[nxt]).pow(2).sum(-1))
-    return torch.cat(centres)
+        chosen.append(nxt)
+        d2 = torch.minimum(d2, dist_to(nxt))
+    return x[torch.cat(chosen)]
 
 
 def _update(x: torch.Tensor, labels: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
