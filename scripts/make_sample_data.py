@@ -20,7 +20,9 @@ SEED = 0
 
 def main() -> None:
     root = Path(__file__).resolve().parents[1]
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--src", type=Path, default=root.parent / "shared/data/online_retail")
     p.add_argument("--out", type=Path, default=root / "data/sample")
     args = p.parse_args()
@@ -41,7 +43,10 @@ def main() -> None:
     with open(args.out / "item_texts.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["item_id", "text", "first_seen", "n_sale_rows", "source_row"])
-        w.writerows([rows[i]["item_id"], rows[i]["text"], rows[i]["first_seen"], rows[i]["n_sale_rows"], i] for i in pick)
+        w.writerows(
+            [rows[i]["item_id"], rows[i]["text"], rows[i]["first_seen"], rows[i]["n_sale_rows"], i]
+            for i in pick
+        )
     for name in ("item_embeddings.npy", "item_ids.txt", "item_texts.csv"):
         print(name, hashlib.sha256((args.out / name).read_bytes()).hexdigest())
 

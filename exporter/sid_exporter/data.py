@@ -67,7 +67,9 @@ def load_ids(path: str | Path) -> list[str]:
         raise InputError(f"{path}: empty id file")
     empty = [i for i, s in enumerate(ids) if not s.strip()]
     if empty:
-        raise InputError(f"{path}: blank id on line(s) {', '.join(str(i + 1) for i in empty[:_MAX_LISTED])}")
+        raise InputError(
+            f"{path}: blank id on line(s) {', '.join(str(i + 1) for i in empty[:_MAX_LISTED])}"
+        )
     seen: dict[str, int] = {}
     dups = []
     for i, s in enumerate(ids):

@@ -86,11 +86,15 @@ def build_onnx(model: RQVAE, version: str = "") -> onnx.ModelProto:
             helper.make_node("Mul", [two, f"dot{l}"], [f"dot2_{l}"]),
             helper.make_node("Sub", [norms, f"dot2_{l}"], [f"dist{l}"]),
             # select_last_index=0: first minimum on ties, as torch.argmin.
-            helper.make_node("ArgMin", [f"dist{l}"], [f"c{l}"], axis=1, keepdims=1, select_last_index=0),
+            helper.make_node(
+                "ArgMin", [f"dist{l}"], [f"c{l}"], axis=1, keepdims=1, select_last_index=0
+            ),
         ]
         if l + 1 < len(codebooks):
             nodes += [
-                helper.make_node("Squeeze", [f"c{l}", const(f"axis1_{l}", torch.tensor([1]))], [f"idx{l}"]),
+                helper.make_node(
+                    "Squeeze", [f"c{l}", const(f"axis1_{l}", torch.tensor([1]))], [f"idx{l}"]
+                ),
                 helper.make_node("Gather", [cb_rows, f"idx{l}"], [f"e{l}"], axis=0),
                 helper.make_node("Sub", [f"r{l}", f"e{l}"], [f"r{l + 1}"]),
             ]
@@ -107,7 +111,9 @@ def build_onnx(model: RQVAE, version: str = "") -> onnx.ModelProto:
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.INT64, ["batch", levels])],
         initializer=inits,
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sid-exporter")
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sid-exporter"
+    )
     proto.ir_version = 8  # opset 17's IR version: loadable by onnxruntime >= 1.13
     helper.set_model_props(proto, {"format": FORMAT, "model_version": version})
     onnx.checker.check_model(proto, full_check=True)

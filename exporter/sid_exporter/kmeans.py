@@ -39,7 +39,9 @@ def kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tens
     return x[torch.cat(chosen)]
 
 
-def _update(x: torch.Tensor, labels: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+def _update(
+    x: torch.Tensor, labels: torch.Tensor, k: int, generator: torch.Generator
+) -> torch.Tensor:
     sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, labels, x)
     counts = torch.bincount(labels, minlength=k).to(x.dtype)
     centres = sums / counts.clamp(min=1).unsqueeze(-1)

@@ -36,7 +36,7 @@ def sid_stats(codes: np.ndarray) -> dict[str, float | int]:
     """How many items share each full SID."""
     _, counts = np.unique(codes, axis=0, return_counts=True)
     return {
-        "distinct_sids": int(len(counts)),
+        "distinct_sids": len(counts),
         "unique_sid_fraction": float((counts == 1).sum() / len(codes)),
         "max_items_per_sid": int(counts.max()),
         "mean_items_per_sid": float(len(codes) / len(counts)),
@@ -81,14 +81,18 @@ def prefix_cosine(x: np.ndarray, codes: np.ndarray) -> dict[str, Any]:
 
 
 def quality_report(
-    x: np.ndarray, codes: np.ndarray, codebook_size: int, recon: dict[str, Any] | None = None, name: str = ""
+    x: np.ndarray,
+    codes: np.ndarray,
+    codebook_size: int,
+    recon: dict[str, Any] | None = None,
+    name: str = "",
 ) -> dict[str, Any]:
     """All figures for one set of codes of the items x."""
     if len(x) != len(codes):
         raise ValueError(f"{len(x)} embeddings but {len(codes)} codes")
     return {
         "name": name,
-        "n_items": int(len(x)),
+        "n_items": len(x),
         "levels": [level_usage(codes[:, level], codebook_size) for level in range(codes.shape[1])],
         **sid_stats(codes),
         **duplicate_stats(x),
@@ -113,19 +117,35 @@ def format_table(reports: Sequence[dict[str, Any]]) -> str:
 
     for key in ("utilization", "dead", "perplexity", "gini"):
         for i in range(depth):
-            rows.append((f"level {i + 1} {key}", [at(r["levels"], i) and r["levels"][i][key] for r in reports]))
-    for key in ("distinct_sids", "unique_sid_fraction", "max_unique_sid_fraction", "duplicate_embeddings",
-                "max_items_per_sid", "mean_items_per_sid"):
+            rows.append(
+                (
+                    f"level {i + 1} {key}",
+                    [at(r["levels"], i) and r["levels"][i][key] for r in reports],
+                )
+            )
+    for key in (
+        "distinct_sids",
+        "unique_sid_fraction",
+        "max_unique_sid_fraction",
+        "duplicate_embeddings",
+        "max_items_per_sid",
+        "mean_items_per_sid",
+    ):
         rows.append((key, [r[key] for r in reports]))
     for key in ("recon_rel_error", "recon_rel_sq"):
         rows.append((key, [r["reconstruction"].get(key, "") for r in reports]))
     for i in range(depth):
-        rows.append((f"cosine, prefix n={i + 1}", [at(r["cosine"]["by_prefix"], i) for r in reports]))
+        rows.append(
+            (f"cosine, prefix n={i + 1}", [at(r["cosine"]["by_prefix"], i) for r in reports])
+        )
     rows.append(("cosine, random pairs", [r["cosine"]["random"] for r in reports]))
 
     header = ["metric", *[r["name"] or f"#{i + 1}" for i, r in enumerate(reports)]]
     cells = [header, *[[label, *map(_fmt, vals)] for label, vals in rows]]
     widths = [max(len(row[c]) for row in cells) for c in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    lines = [
+        "  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths)))
+        for row in cells
+    ]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)

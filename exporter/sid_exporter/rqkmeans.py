@@ -22,7 +22,9 @@ def fit_rqkmeans(
     balanced: bool = False,
     beta: float = 0.25,
 ) -> RQVAE:
-    model = RQVAE(x.shape[1], x.shape[1], [], levels, codebook_size, beta=beta, identity=True).to(x.device)
+    model = RQVAE(x.shape[1], x.shape[1], [], levels, codebook_size, beta=beta, identity=True).to(
+        x.device
+    )
     residual = x
     for level in range(levels):
         centres = kmeans(residual, codebook_size, generator, iters=iters, balanced=balanced)

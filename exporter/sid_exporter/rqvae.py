@@ -8,6 +8,7 @@ decoder, so both export to the same graph.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ INFER_DTYPE = torch.float64
 def mlp(dims: Sequence[int]) -> nn.Sequential:
     """Linear layers with ReLU between them (none after the last); empty for a single dim."""
     layers: list[nn.Module] = []
-    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+    for i, (d_in, d_out) in enumerate(pairwise(dims)):
         layers.append(nn.Linear(d_in, d_out))
         if i < len(dims) - 2:
             layers.append(nn.ReLU())
@@ -43,7 +44,9 @@ class ResidualQuantizer(nn.Module):
         self.beta = beta
         self.codebooks = nn.Parameter(torch.randn(levels, codebook_size, dim) * 0.01)
         # Not persistent: usage is training bookkeeping and must not enter the weights' hash.
-        self.register_buffer("usage", torch.zeros(levels, codebook_size, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "usage", torch.zeros(levels, codebook_size, dtype=torch.long), persistent=False
+        )
 
     @property
     def levels(self) -> int:
@@ -53,7 +56,9 @@ class ResidualQuantizer(nn.Module):
     def codebook_size(self) -> int:
         return self.codebooks.shape[1]
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(straight-through z_hat, codes [B, L], quantization loss, detached residual per level)."""
         residual, quantized = z, torch.zeros_like(z)
         codes, residuals = [], []
@@ -68,7 +73,9 @@ class ResidualQuantizer(nn.Module):
             residuals.append(residual.detach())
             quantized = quantized + e.detach()
             residual = residual - e.detach()  # later levels must not move earlier codebooks
-        z_hat = z + (quantized - z).detach()  # straight-through: decoder gradient goes to the encoder
+        z_hat = (
+            z + (quantized - z).detach()
+        )  # straight-through: decoder gradient goes to the encoder
         return z_hat, torch.stack(codes, -1), loss, residuals
 
     @torch.no_grad()
@@ -84,7 +91,9 @@ class ResidualQuantizer(nn.Module):
         for level, r in enumerate(residuals):
             dead = (self.usage[level] == 0).nonzero().squeeze(-1)
             if dead.numel():
-                pick = torch.randint(r.shape[0], (dead.numel(),), generator=generator, device=r.device)
+                pick = torch.randint(
+                    r.shape[0], (dead.numel(),), generator=generator, device=r.device
+                )
                 self.codebooks[level, dead] = r[pick].to(self.codebooks.dtype)
                 n_reset += dead.numel()
         self.usage.zero_()
@@ -104,18 +113,27 @@ class RQVAE(nn.Module):
     ) -> None:
         super().__init__()
         if identity and latent_dim != input_dim:
-            raise ValueError(f"identity encoder needs latent_dim == input_dim ({input_dim}), got {latent_dim}")
+            raise ValueError(
+                f"identity encoder needs latent_dim == input_dim ({input_dim}), got {latent_dim}"
+            )
         # Constructor arguments, kept so a checkpoint can rebuild the module.
-        self.hparams: dict[str, Any] = dict(
-            input_dim=input_dim, latent_dim=latent_dim, hidden=list(hidden), levels=levels,
-            codebook_size=codebook_size, beta=beta, identity=identity,
-        )
+        self.hparams: dict[str, Any] = {
+            "input_dim": input_dim,
+            "latent_dim": latent_dim,
+            "hidden": list(hidden),
+            "levels": levels,
+            "codebook_size": codebook_size,
+            "beta": beta,
+            "identity": identity,
+        }
         dims = [input_dim] if identity else [input_dim, *hidden, latent_dim]
         self.encoder = mlp(dims)
         self.decoder = mlp(dims[::-1])
         self.quantizer = ResidualQuantizer(levels, codebook_size, latent_dim, beta)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(x_hat, codes, losses) with losses = {"loss", "recon", "quant"}."""
         z_hat, codes, quant, _ = self.quantizer(self.encoder(x))
         x_hat = self.decoder(z_hat)

@@ -8,7 +8,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +45,22 @@ class TrainConfig:
     kmeans_iters: int = 25
     balanced: bool = False  # rqkmeans: equal-size clusters (OneRec)
     device: str = "auto"  # "auto" picks CUDA when present
-    threads: int | None = None  # CPU threads; None keeps torch's default (small models: 1 is fastest)
+    threads: int | None = (
+        None  # CPU threads; None keeps torch's default (small models: 1 is fastest)
+    )
 
     def __post_init__(self) -> None:
         self.hidden = tuple(self.hidden)
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        for name in ("levels", "codebook_size", "latent_dim", "epochs", "batch_size", "dead_code_window"):
+        for name in (
+            "levels",
+            "codebook_size",
+            "latent_dim",
+            "epochs",
+            "batch_size",
+            "dead_code_window",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.codebook_size < 2:
@@ -65,7 +74,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 @contextlib.contextmanager
-def deterministic(seed: int, device: torch.device, threads: int | None = None) -> Iterator[torch.Generator]:
+def deterministic(
+    seed: int, device: torch.device, threads: int | None = None
+) -> Iterator[torch.Generator]:
     """Seeded generator, torch's deterministic mode and the thread count, all restored on exit
     (they are process-global).
 
@@ -74,7 +85,10 @@ def deterministic(seed: int, device: torch.device, threads: int | None = None) -
     """
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    was, was_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    was, was_warn = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     was_threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     if threads:
@@ -97,7 +111,13 @@ def train(x: np.ndarray, config: TrainConfig) -> tuple[RQVAE, dict[str, Any]]:
         xt = torch.from_numpy(x).to(device)
         if config.method == "rqkmeans":
             model = fit_rqkmeans(
-                xt, config.levels, config.codebook_size, gen, config.kmeans_iters, config.balanced, config.beta
+                xt,
+                config.levels,
+                config.codebook_size,
+                gen,
+                config.kmeans_iters,
+                config.balanced,
+                config.beta,
             )
             extra: dict[str, Any] = {}
         else:
@@ -114,14 +134,25 @@ def train(x: np.ndarray, config: TrainConfig) -> tuple[RQVAE, dict[str, Any]]:
     return model, metrics
 
 
-def _train_rqvae(x: torch.Tensor, config: TrainConfig, gen: torch.Generator) -> tuple[RQVAE, dict[str, Any]]:
+def _train_rqvae(
+    x: torch.Tensor, config: TrainConfig, gen: torch.Generator
+) -> tuple[RQVAE, dict[str, Any]]:
     n = x.shape[0]
     model = RQVAE(
-        x.shape[1], config.latent_dim, config.hidden, config.levels, config.codebook_size, config.beta
+        x.shape[1],
+        config.latent_dim,
+        config.hidden,
+        config.levels,
+        config.codebook_size,
+        config.beta,
     ).to(x.device)
     t0 = time.perf_counter()
     _init_codebooks(model, x, config, gen)
-    log.info("k-means codebook init on %d items: %.1fs", min(n, config.init_samples), time.perf_counter() - t0)
+    log.info(
+        "k-means codebook init on %d items: %.1fs",
+        min(n, config.init_samples),
+        time.perf_counter() - t0,
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total = config.epochs * steps_per_epoch
@@ -145,16 +176,29 @@ def _train_rqvae(x: torch.Tensor, config: TrainConfig, gen: torch.Generator) -> 
             if step % steps_per_epoch == 0 or step == total:
                 history.append(round(losses["loss"].item(), 6))
             if step % log_every == 0:
-                log.info("step %d/%d loss %.4f recon %.4f resets %d (%.0fs)", step, total, losses["loss"].item(),
-                         losses["recon"].item(), n_reset, time.perf_counter() - start)
+                log.info(
+                    "step %d/%d loss %.4f recon %.4f resets %d (%.0fs)",
+                    step,
+                    total,
+                    losses["loss"].item(),
+                    losses["recon"].item(),
+                    n_reset,
+                    time.perf_counter() - start,
+                )
             if step >= total:
                 break
-    return model, {"steps": step, "epochs": round(step / steps_per_epoch, 2), "dead_code_resets": n_reset,
-                   "loss_history": history[-20:]}
+    return model, {
+        "steps": step,
+        "epochs": round(step / steps_per_epoch, 2),
+        "dead_code_resets": n_reset,
+        "loss_history": history[-20:],
+    }
 
 
 @torch.no_grad()
-def _init_codebooks(model: RQVAE, x: torch.Tensor, config: TrainConfig, gen: torch.Generator) -> None:
+def _init_codebooks(
+    model: RQVAE, x: torch.Tensor, config: TrainConfig, gen: torch.Generator
+) -> None:
     """k-means on the residuals of a large first batch, level by level (avoids early collapse)."""
     sample = x[torch.randperm(x.shape[0], generator=gen, device=x.device)[: config.init_samples]]
     r = model.encoder(sample)
@@ -178,20 +222,29 @@ def evaluate(model: RQVAE, x: np.ndarray) -> dict[str, Any]:
     _, counts = torch.unique(codes, dim=0, return_counts=True)
     return {
         "recon_mse": float(err2.mean()),  # mean over items of ||x - x_hat||^2
-        "recon_rel_error": float((err2.sqrt() / norm2.sqrt().clamp(min=1e-12)).mean()),  # mean ||x-x_hat||/||x||
+        "recon_rel_error": float(
+            (err2.sqrt() / norm2.sqrt().clamp(min=1e-12)).mean()
+        ),  # mean ||x-x_hat||/||x||
         "recon_rel_sq": float(err2.sum() / norm2.sum()),  # sum ||x-x_hat||^2 / sum ||x||^2
         "utilization": [u / k for u in used],
         "unique_sid_fraction": float((counts == 1).sum()) / x.shape[0],
     }
 
 
-def save_checkpoint(path: str | Path, model: RQVAE, config: TrainConfig, metrics: dict[str, Any], x: np.ndarray) -> Path:
+def save_checkpoint(
+    path: str | Path, model: RQVAE, config: TrainConfig, metrics: dict[str, Any], x: np.ndarray
+) -> Path:
     """Everything `export` needs: weights, how to rebuild the module, metrics, data fingerprint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
-        {"hparams": model.hparams, "state_dict": model.state_dict(), "config": asdict(config),
-         "metrics": metrics, "training_data": fingerprint(x)},
+        {
+            "hparams": model.hparams,
+            "state_dict": model.state_dict(),
+            "config": asdict(config),
+            "metrics": metrics,
+            "training_data": fingerprint(x),
+        },
         path,
     )
     return path

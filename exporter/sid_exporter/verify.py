@@ -21,7 +21,12 @@ def pad_with_jitter(x: np.ndarray, n: int, seed: int = 0, scale: float = 0.02) -
         return x
     rng = np.random.default_rng(seed)
     rows = x[rng.integers(0, len(x), n - len(x))]
-    noise = rng.normal(size=rows.shape) * scale * np.linalg.norm(rows, axis=1, keepdims=True) / np.sqrt(x.shape[1])
+    noise = (
+        rng.normal(size=rows.shape)
+        * scale
+        * np.linalg.norm(rows, axis=1, keepdims=True)
+        / np.sqrt(x.shape[1])
+    )
     return np.concatenate([x, (rows + noise).astype(np.float32)])
 
 
@@ -44,7 +49,7 @@ def agreement(model: RQVAE, bundle: Bundle, x: np.ndarray) -> dict[str, Any]:
     ours = model.cpu().eval().codes(torch.from_numpy(x)).numpy()
     differ = np.flatnonzero((ours != theirs).any(axis=1))
     return {
-        "n": int(len(x)),
+        "n": len(x),
         "agree": int(len(x) - differ.size),
         "agreement": float(1 - differ.size / max(len(x), 1)),
         "first_differing_rows": differ[:10].tolist(),
@@ -61,11 +66,20 @@ def latency(bundle: Bundle, x: np.ndarray, batch: int, runs: int) -> dict[str, f
         t = time.perf_counter()
         bundle.session.run(None, feed)
         times.append((time.perf_counter() - t) * 1e3)
-    return {"batch": batch, "runs": runs, "median_ms": float(np.median(times)), "p99_ms": float(np.percentile(times, 99))}
+    return {
+        "batch": batch,
+        "runs": runs,
+        "median_ms": float(np.median(times)),
+        "p99_ms": float(np.percentile(times, 99)),
+    }
 
 
 def verify(
-    model: RQVAE, bundle: Bundle, x: np.ndarray, n: int = 10_000, seed: int = 0,
+    model: RQVAE,
+    bundle: Bundle,
+    x: np.ndarray,
+    n: int = 10_000,
+    seed: int = 0,
     latency_runs: tuple[int, int] = (500, 50),
 ) -> dict[str, Any]:
     """Parity on >= n real(-ish) embeddings and on boundary inputs; ORT latency at batch 1 and 1024."""
@@ -74,8 +88,13 @@ def verify(
         "model_version": bundle.manifest["model_version"],
         "parity": agreement(model, bundle, sample),
         "parity_boundary": agreement(model, bundle, boundary_inputs(model, x, n, seed)),
-        "latency_cpu": [latency(bundle, x, 1, latency_runs[0]), latency(bundle, x, 1024, latency_runs[1])],
+        "latency_cpu": [
+            latency(bundle, x, 1, latency_runs[0]),
+            latency(bundle, x, 1024, latency_runs[1]),
+        ],
         "ort_threads": bundle.session.get_session_options().intra_op_num_threads,
     }
-    result["ok"] = result["parity"]["agreement"] == 1.0 and result["parity_boundary"]["agreement"] == 1.0
+    result["ok"] = (
+        result["parity"]["agreement"] == 1.0 and result["parity_boundary"]["agreement"] == 1.0
+    )
     return result

@@ -20,7 +20,12 @@ def test_sid_bundle_contract(sid_bundle, sid_bundle_data):
 
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     [inp], [out] = sess.get_inputs(), sess.get_outputs()
-    assert (inp.name, inp.type, out.name, out.type) == ("embeddings", "tensor(float)", "codes", "tensor(int64)")
+    assert (inp.name, inp.type, out.name, out.type) == (
+        "embeddings",
+        "tensor(float)",
+        "codes",
+        "tensor(int64)",
+    )
     for batch in (1, 7, 2000):  # dynamic batch axis
         codes = sess.run(None, {"embeddings": x[:batch]})[0]
         assert codes.shape == (batch, 3) and codes.dtype == np.int64

@@ -78,4 +78,8 @@ def test_fingerprint_is_hash_of_bytes():
     y = x.copy()
     y[1, 2] = 1.0000001
     assert fingerprint(x)["fingerprint"] != fingerprint(y)["fingerprint"]
-    assert fingerprint(x) == {"n_items": 2, "mean_norm": pytest.approx(3**0.5), "fingerprint": fingerprint(x.copy())["fingerprint"]}
+    assert fingerprint(x) == {
+        "n_items": 2,
+        "mean_norm": pytest.approx(3**0.5),
+        "fingerprint": fingerprint(x.copy())["fingerprint"],
+    }

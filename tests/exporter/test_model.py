@@ -13,7 +13,15 @@ from sid_exporter.synthetic import hierarchical_clusters
 from sid_exporter.train import TrainConfig, load_checkpoint, train
 from sid_exporter.verify import agreement, boundary_inputs, pad_with_jitter
 
-TINY = dict(levels=3, codebook_size=16, latent_dim=16, hidden=(64, 32), batch_size=256, device="cpu", threads=1)
+TINY = {
+    "levels": 3,
+    "codebook_size": 16,
+    "latent_dim": 16,
+    "hidden": (64, 32),
+    "batch_size": 256,
+    "device": "cpu",
+    "threads": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +40,9 @@ def test_rqvae_bundle_uses_codebooks_and_codes_carry_meaning(sid_bundle, sid_bun
     bundle = load_bundle(sid_bundle)
     report = quality_report(x, bundle.codes(x), 16)
     for level in report["levels"]:
-        assert level["utilization"] >= 0.75 and level["perplexity"] >= 6  # no collapse onto a few codes
+        assert (
+            level["utilization"] >= 0.75 and level["perplexity"] >= 6
+        )  # no collapse onto a few codes
     cos = report["cosine"]["by_prefix"]
     assert cos[0] > report["cosine"]["random"] + 0.3
     assert cos[0] < cos[1] < cos[2]  # longer shared prefix => more similar items
@@ -55,15 +65,22 @@ def test_rqkmeans_exports_same_format_and_agrees_on_ties(rqkmeans, sid_bundle, d
     reference = json.loads((sid_bundle / "manifest.json").read_text())
     assert manifest["method"] == "rqkmeans" and manifest["latent_dim"] == 32
     assert set(manifest) == set(reference)
-    assert {k: manifest[k] for k in ("format", "onnx_input", "onnx_output", "opset", "levels", "codebook_size")} == {
-        k: reference[k] for k in ("format", "onnx_input", "onnx_output", "opset", "levels", "codebook_size")
+    assert {
+        k: manifest[k]
+        for k in ("format", "onnx_input", "onnx_output", "opset", "levels", "codebook_size")
+    } == {
+        k: reference[k]
+        for k in ("format", "onnx_input", "onnx_output", "opset", "levels", "codebook_size")
     }
     bundle = load_bundle(path)
     # Exact midpoints of codeword pairs are mathematical ties; float32 distances split them
     # differently in torch and onnxruntime, the float64 graph must not.
     result = agreement(model, bundle, boundary_inputs(model, data, 10_000))
     assert result["agree"] == result["n"], result
-    assert all(level["utilization"] == 1.0 for level in quality_report(data, bundle.codes(data), 16)["levels"])
+    assert all(
+        level["utilization"] == 1.0
+        for level in quality_report(data, bundle.codes(data), 16)["levels"]
+    )
 
 
 def test_rqkmeans_reconstructs_better_than_its_first_level(rqkmeans, data):

@@ -3,12 +3,25 @@
 import numpy as np
 import pytest
 
-from sid_exporter.report import duplicate_stats, format_table, level_usage, prefix_cosine, quality_report, sid_stats
+from sid_exporter.report import (
+    duplicate_stats,
+    format_table,
+    level_usage,
+    prefix_cosine,
+    quality_report,
+    sid_stats,
+)
 
 
 def test_level_usage_even_and_collapsed():
     even = level_usage(np.repeat(np.arange(8), 5), 8)
-    assert even == {"used": 8, "dead": 0, "utilization": 1.0, "perplexity": pytest.approx(8), "gini": pytest.approx(0)}
+    assert even == {
+        "used": 8,
+        "dead": 0,
+        "utilization": 1.0,
+        "perplexity": pytest.approx(8),
+        "gini": pytest.approx(0),
+    }
     collapsed = level_usage(np.zeros(40, dtype=np.int64), 8)
     assert collapsed["used"] == 1 and collapsed["dead"] == 7
     assert collapsed["perplexity"] == pytest.approx(1) and collapsed["gini"] == pytest.approx(7 / 8)
@@ -19,8 +32,12 @@ def test_level_usage_even_and_collapsed():
 
 def test_sid_and_duplicate_stats():
     codes = np.array([[0, 1], [0, 1], [0, 2], [3, 1]])
-    assert sid_stats(codes) == {"distinct_sids": 3, "unique_sid_fraction": 0.5, "max_items_per_sid": 2,
-                                "mean_items_per_sid": pytest.approx(4 / 3)}
+    assert sid_stats(codes) == {
+        "distinct_sids": 3,
+        "unique_sid_fraction": 0.5,
+        "max_items_per_sid": 2,
+        "mean_items_per_sid": pytest.approx(4 / 3),
+    }
     x = np.array([[1, 0], [1, 0], [1, 0], [0, 1]], dtype=np.float32)
     assert duplicate_stats(x) == {"duplicate_embeddings": 2, "max_unique_sid_fraction": 0.25}
 
