@@ -180,7 +180,11 @@ async def _upsert(serving: Serving, state: ServiceState, items: list[ItemIn], x:
 
 
 def _block(codes: np.ndarray, known: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
-    sids = [sid if k else None for sid, k in zip(codes.tolist(), known.tolist(), strict=True)]
+    if known.all():  # the usual case: orjson writes the numpy array itself, no Python ints
+        return {"known": known, "sids": codes, "rows": rows}
+    sids: list[Any] = codes.tolist()
+    for i in np.flatnonzero(~known).tolist():
+        sids[i] = None
     return {"known": known, "sids": sids, "rows": rows}
 
 

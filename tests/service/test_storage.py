@@ -184,3 +184,22 @@ def test_unreachable_redis_fails_fast(tmp_path) -> None:  # type: ignore[no-unty
         await store.redis.aclose()
 
     asyncio.run(main())
+
+
+def test_plain_redis_py_client_reads_the_same(redis_url: str) -> None:
+    """Without the prepacking connection (e.g. rediss://), keys go through redis-py's own packing."""
+    from redis.asyncio import Redis
+
+    async def main() -> None:
+        fast = _store(redis_url)
+        plain = SidStore(Redis.from_url(redis_url), "0123456789abcdef", 3, 16)
+        assert not getattr(plain.redis.connection_pool.connection_class, "packs_prepacked", False)
+        ids = _ids(40)
+        codes = np.random.default_rng(1).integers(0, 16, size=(40, 3))
+        assert await plain.write(ids, codes) == ["created"] * 40
+        for store in (fast, plain):
+            got, known = await store.read(ids + ["missing"])
+            assert known.tolist() == [True] * 40 + [False] and (got[:40] == codes).all()
+            await store.redis.aclose()
+
+    asyncio.run(main())
