@@ -99,3 +99,87 @@ class BitPacker:
         padded[:, : self.width] = np.frombuffer(blob, dtype=np.uint8).reshape(count, self.width)
         words = np.ascontiguousarray(padded[:, self._gather]).view("<u8")[:, :, 0]  # [count, L]: 8 bytes from each code's start
         return ((words >> self._shift) & self._mask).astype(np.int64)
+
+
+# --- the binary embeddings body of POST /v1/items/batch --------------------------------------------
+EMBEDDINGS_MEDIA_TYPE = "application/x-sidserve-embeddings"
+EMBEDDINGS_MAGIC = b"SIE1"
+EMBEDDINGS_FORMAT_DOC = (
+    f"`Content-Type: {EMBEDDINGS_MEDIA_TYPE}`, all integers little-endian: the 4 bytes "
+    f"`{EMBEDDINGS_MAGIC.decode()}`, uint32 B (items), uint32 D (floats per embedding), B x uint32 "
+    "byte lengths of the item IDs, the B IDs' UTF-8 bytes back to back, then B x D float32 "
+    "(row-major: item 0's D floats first). Nothing may follow. 4 x D bytes per embedding instead "
+    "of ~9 x D as JSON text, and no per-float parsing."
+)
+
+
+class BodyError(ValueError):
+    """A request body that cannot be used; `errors` are in FastAPI's validation-error shape."""
+
+    def __init__(self, errors: list[dict[str, object]]) -> None:
+        super().__init__(errors[0]["msg"] if errors else "invalid body")
+        self.errors = errors
+
+
+def encode_embeddings(item_ids: Sequence[str], embeddings: np.ndarray) -> bytes:
+    """The binary body for a batch (clients/sidserve_client has its own copy of these few lines)."""
+    x = np.ascontiguousarray(embeddings, dtype="<f4")
+    if x.ndim != 2 or x.shape[0] != len(item_ids):
+        raise ValueError(f"embeddings must be [{len(item_ids)}, D], got {x.shape}")
+    encoded = [i.encode() for i in item_ids]
+    header = EMBEDDINGS_MAGIC + np.array([len(encoded), x.shape[1]], dtype="<u4").tobytes()
+    lengths = np.fromiter(map(len, encoded), dtype="<u4", count=len(encoded)).tobytes()
+    return b"".join((header, lengths, *encoded, x.tobytes()))
+
+
+def decode_embeddings(raw: bytes, dim: int, max_items: int, max_id_bytes: int) -> tuple[list[str], np.ndarray]:
+    """Item IDs and float32 [B, D] embeddings of a binary body, with the JSON body's checks.
+
+    Raises BodyError naming every bad item (loc ["body", "items", i, field]) or the broken part.
+    """
+
+    def fail(msg: str, loc: tuple[object, ...] = ("body",), kind: str = "binary_invalid") -> BodyError:
+        return BodyError([{"type": kind, "loc": loc, "msg": msg}])
+
+    if len(raw) < 12 or raw[:4] != EMBEDDINGS_MAGIC:
+        raise fail(f"not a {EMBEDDINGS_MEDIA_TYPE} body: it must start with {EMBEDDINGS_MAGIC!r}, uint32 B, uint32 D")
+    count, body_dim = (int(v) for v in np.frombuffer(raw, dtype="<u4", count=2, offset=4))
+    if not 1 <= count <= max_items:
+        raise fail(f"a batch holds 1 to {max_items} items, this one says {count}", ("body", "items"),
+                   "too_long" if count else "too_short")  # fmt: skip
+    if body_dim != dim:
+        raise fail(f"embeddings have D={body_dim} values, the model expects D={dim}", ("body", "items"),
+                   "embedding_length")  # fmt: skip
+    if len(raw) < 12 + 4 * count:
+        raise fail(f"body ends inside the {count} ID lengths")
+    lengths = np.frombuffer(raw, dtype="<u4", count=count, offset=12).astype(np.int64)
+    ids_start = 12 + 4 * count
+    floats_start = ids_start + int(lengths.sum())
+    expected = floats_start + 4 * count * dim
+    if len(raw) != expected:
+        raise fail(f"body is {len(raw)} bytes; its header and ID lengths make {expected}")
+    errors: list[dict[str, object]] = [
+        {"type": "string_too_short" if n == 0 else "string_too_long", "loc": ("body", "items", i, "item_id"),
+         "msg": f"item_id must be 1 to {max_id_bytes} bytes of UTF-8, got {n} bytes"}
+        for i, n in enumerate(lengths.tolist()) if not 1 <= n <= max_id_bytes
+    ]  # fmt: skip
+    if errors:
+        raise BodyError(errors)
+    ends = (np.cumsum(lengths) + ids_start).tolist()
+    starts = [ids_start, *ends[:-1]]
+    ids: list[str] = []
+    for i, (a, b) in enumerate(zip(starts, ends, strict=True)):
+        try:
+            ids.append(raw[a:b].decode())
+        except UnicodeDecodeError:
+            errors.append({"type": "string_unicode", "loc": ("body", "items", i, "item_id"),
+                           "msg": "item_id is not valid UTF-8"})  # fmt: skip
+    x = np.frombuffer(raw, dtype="<f4", count=count * dim, offset=floats_start).reshape(count, dim)
+    errors += [
+        {"type": "finite_number", "loc": ("body", "items", int(i), "embedding"),
+         "msg": "embedding has NaN or infinite values"}
+        for i in np.flatnonzero(~np.isfinite(x).all(axis=1))
+    ]  # fmt: skip
+    if errors:
+        raise BodyError(sorted(errors, key=lambda e: e["loc"][2]))  # type: ignore[index]
+    return ids, x.astype(np.float32)  # native-endian, writable copy for onnxruntime
