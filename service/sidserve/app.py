@@ -101,7 +101,8 @@ class ServiceState:
             levels=features.levels, num_tokens=features.num_tokens,
         ).model_dump()  # fmt: skip
         store = SidStore(
-            self.redis, model.version, model.levels, model.codebook_size, s.key_prefix, s.store_bucket_bits
+            self.redis, model.version, model.levels, model.codebook_size, s.key_prefix, s.store_bucket_bits,
+            cache_ttl_s=s.cache_ttl_s, cache_max_items=s.cache_max_items, on_cache=self._count_cache,
         )
         try:  # load the Redis functions now (two round trips, no key scan); else on first use
             await store.prepare()
@@ -113,6 +114,10 @@ class ServiceState:
             "model %s loaded from %s: D=%d L=%d K=%d; features %s",
             model.version, s.bundle, model.input_dim, model.levels, model.codebook_size, features_out,
         )  # fmt: skip
+
+    def _count_cache(self, hits: int, misses: int) -> None:
+        self.metrics.sid_cache.labels("hit").inc(hits)
+        self.metrics.sid_cache.labels("miss").inc(misses)
 
     async def close(self) -> None:
         if self.redis is not None:

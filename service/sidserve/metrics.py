@@ -45,6 +45,10 @@ class Metrics:
             "sidserve_feature_lookups_total", "Item IDs answered by /v1/features, by whether a SID was stored.",
             ["known"], registry=r,
         )  # fmt: skip
+        self.sid_cache = Counter(
+            "sidserve_sid_cache_lookups_total", "Item IDs of reads answered by the per-process SID cache or Redis.",
+            ["result"], registry=r,
+        )  # fmt: skip
         self.model_info = Gauge(
             "sidserve_model_info", "1 for the loaded model bundle.",
             ["model_version", "levels", "codebook_size"], registry=r, multiprocess_mode="max",
