@@ -85,7 +85,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from redis.asyncio import Connection, Redis
+from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -224,19 +224,23 @@ def connect(url: str, connect_timeout: float, socket_timeout: float, max_connect
 
     One immediate retry on a connection error replaces a pooled connection that died (Redis
     restarted) without failing the request; a down Redis still fails in ~2 connect attempts.
+    The pool blocks (up to socket_timeout) when all max_connections are busy, so a burst of
+    concurrent requests queues for a connection instead of failing with "Too many connections".
     """
     # Plain TCP only: for rediss:// or unix:// redis-py picks its own connection class (then the
     # store passes keys the ordinary way).
     extra: dict[str, Any] = {"connection_class": _PrepackingConnection} if url.startswith("redis://") else {}
-    return Redis.from_url(
+    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    pool = BlockingConnectionPool.from_url(
         url,
         **extra,
         socket_connect_timeout=connect_timeout,
         socket_timeout=socket_timeout,
         max_connections=max_connections,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        decode_responses=False,
+        timeout=socket_timeout,
+        retry=retry,
     )
+    return Redis(connection_pool=pool, retry=retry, decode_responses=False)
 
 
 def code_dtype(codebook_size: int) -> np.dtype:

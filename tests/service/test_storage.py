@@ -233,3 +233,19 @@ def test_cache_serves_hot_items_within_ttl_and_own_writes_at_once(redis_url: str
             await s.redis.aclose()
 
     asyncio.run(main())
+
+
+def test_a_burst_beyond_the_pool_size_queues_instead_of_failing(redis_url: str) -> None:
+    """More concurrent commands than pooled connections wait for a free one (no 'Too many connections')."""
+    import asyncio
+
+    from sidserve.storage import connect
+
+    async def burst() -> list[bool]:
+        client = connect(redis_url, connect_timeout=0.5, socket_timeout=1.0, max_connections=4)
+        try:
+            return await asyncio.gather(*[client.ping() for _ in range(200)])
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(burst()) == [True] * 200
