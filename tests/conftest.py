@@ -45,5 +45,5 @@ def sid_bundle_checkpoint(sid_bundle_build: dict[str, Any]) -> Path:
 
 
 # --- sidserve: a real Redis (private redis-server or REDIS_URL) and the service under uvicorn --
-from redis_fixtures import redis_process, redis_url  # noqa: E402,F401  (tests/ is on sys.path)
+from redis_fixtures import redis_cluster, redis_cluster_url, redis_process, redis_url  # noqa: E402,F401  (tests/ is on sys.path)
 from service_fixtures import live_service  # noqa: E402,F401

@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -78,12 +79,12 @@ class ServiceState:
         self.settings = settings
         self.metrics = Metrics()
         self.serving: Serving | None = None
-        self.redis: Redis | None = None
+        self.redis: Redis | RedisCluster | None = None
 
     async def open(self) -> None:
         s = self.settings
         self.redis = storage.connect(
-            s.redis_url, s.redis_connect_timeout, s.redis_socket_timeout, s.redis_max_connections
+            s.redis_url, s.redis_connect_timeout, s.redis_socket_timeout, s.redis_max_connections, s.redis_cluster
         )
         if s.bundle is None:
             log.warning("no model bundle configured (SIDSERVE_BUNDLE): not ready")

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
 
     # Redis
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis connection URL.")
+    redis_cluster: bool = Field(
+        default=False,
+        description="Redis is a Redis Cluster: redis_url names one of its nodes (db 0), the others are "
+        "discovered. Reads and writes then make one Redis Function call per hash-tag group (up to 16), "
+        "pipelined per node; a batch write is atomic per group, not across groups (README \"Redis Cluster\").",
+    )
     redis_connect_timeout: PositiveFloat = Field(
         default=0.5, description="Seconds to wait for a TCP connection to Redis."
     )

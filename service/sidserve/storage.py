@@ -62,11 +62,19 @@ answered 61% from the cache, but in a closed-loop in-process run (300 IDs, same 
 Redis time saved. It does cut Redis work per request by the hit rate, so it is there for a Redis
 shared by many replicas, not on by default.
 
-Redis Cluster (not implemented yet; the layout is ready for it): the hash tag `{<version>:<group>}`
-maps the buckets to 16 slots per model version. A read then groups its IDs by group and sends
-one FCALL_RO per group (at most 16, pipelined to the nodes owning them), since one FCALL may only
-touch keys of one slot. More groups spread a version over more slots but cost more calls per
-request; the group count is part of the key names, so changing it means rewriting the keys.
+Redis Cluster (SIDSERVE_REDIS_CLUSTER=true, `connect(cluster=True)`): the hash tag
+`{<version>:<group>}` maps a model version's buckets to 16 slots, so to at most 16 masters. One
+FCALL may only touch keys of one slot, so a read groups its IDs by group and sends one FCALL_RO
+per group (up to 16), pipelined per owning node, all nodes concurrently, and puts the answers
+back in request order; a write likewise sends one FCALL per group. The library is loaded on every
+master, and again on a node that answers "function not found" (only that call's groups are
+retried). Atomicity: each group's part of a batch is atomic (one Function call), the batch as a
+whole is not: if a node fails mid-batch the groups on the other nodes may be written and the
+request fails (503). Every value is a pure function of the item's content, so re-sending the
+same batch completes it (those items then report "unchanged"). Validation happens before any
+write, so an invalid batch writes nothing on a cluster too. A single Redis keeps the one-call
+path. More groups spread a version over more slots but cost more calls per request; the group
+count is part of the key names, so changing it means rewriting the keys.
 
 The model version is in every key, so SIDs of two models never mix: a new model writes new
 buckets and the old ones can be deleted by pattern `<prefix>:{<old_version>:*` (with SCAN, by an
@@ -78,6 +86,7 @@ Nothing outside this module builds keys or decodes values (codec.py holds the by
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -86,10 +95,11 @@ from typing import Any, Literal
 
 import numpy as np
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 
 from .codec import BitPacker, IdHasher
 
@@ -219,14 +229,43 @@ def _resp(arg: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(arg), arg)
 
 
-def connect(url: str, connect_timeout: float, socket_timeout: float, max_connections: int) -> Redis:
+class _SidCluster(RedisCluster):
+    """redis-py's asyncio cluster client, routing FCALL/FCALL_RO by their first key locally.
+
+    redis-py finds the keys of a command with "movable keys" (FCALL) by asking a node
+    (COMMAND GETKEYS): one more round trip per call. Every sidserve call passes keys of one hash
+    tag (one slot; Redis refuses a CROSSSLOT call anyway), so the first key's slot is the call's.
+    """
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        if command.upper() in ("FCALL", "FCALL_RO") and len(args) > 2 and int(args[1]) > 0:
+            return self.keyslot(args[2])
+        return await super()._determine_slot(command, *args)
+
+
+def connect(
+    url: str, connect_timeout: float, socket_timeout: float, max_connections: int, cluster: bool = False
+) -> Redis | RedisCluster:
     """An asyncio Redis client whose every call ends within bounded time.
 
     One immediate retry on a connection error replaces a pooled connection that died (Redis
     restarted) without failing the request; a down Redis still fails in ~2 connect attempts.
     The pool blocks (up to socket_timeout) when all max_connections are busy, so a burst of
     concurrent requests queues for a connection instead of failing with "Too many connections".
+
+    cluster=True: a Redis Cluster client seeded by `url` (the other nodes are discovered), same
+    timeouts and one retry; max_connections is per node, and redis-py's cluster pools do not
+    block: a request beyond it fails (503). SidStore uses one connection per node per request.
     """
+    if cluster:
+        return _SidCluster.from_url(
+            url,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            max_connections=max_connections,
+            retry=Retry(NoBackoff(), 1),
+            decode_responses=False,
+        )
     # Plain TCP only: for rediss:// or unix:// redis-py picks its own connection class (then the
     # store passes keys the ordinary way).
     extra: dict[str, Any] = {"connection_class": _PrepackingConnection} if url.startswith("redis://") else {}
@@ -266,6 +305,7 @@ class SidStore:
         if not 1 <= bucket_bits <= 32:
             raise ValueError(f"bucket_bits must be in [1, 32], got {bucket_bits}")
         self.redis = redis
+        self._cluster = isinstance(redis, RedisCluster)  # per-group calls (see "Redis Cluster" above)
         self.levels = levels
         self.model_version = model_version
         self.packer = BitPacker(levels, codebook_size)
@@ -322,17 +362,42 @@ class SidStore:
         """Load the function library and check (or record) the layout: two round trips, once.
 
         Idempotent and cheap to repeat; reads and writes call it first when it has not succeeded
-        yet (e.g. Redis was down at startup). Nothing here scans keys.
+        yet (e.g. Redis was down at startup). Nothing here scans keys. On a cluster the library
+        is loaded on every master (a function runs where its call's slot lives).
         """
-        try:
-            await self.redis.function_load(LIBRARY_CODE)
-        except ResponseError as e:
-            if "already exists" not in str(e):
-                raise
+        if self._cluster:
+            await self._load_library_on_masters()
+        else:
+            try:
+                await self.redis.function_load(LIBRARY_CODE)
+            except ResponseError as e:
+                if "already exists" not in str(e):
+                    raise
         stored = await self.redis.set(self._meta_key, self.layout.encode(), nx=True, get=True)
         if stored is not None and stored.decode() != self.layout:
             self._adopt(stored.decode())
         self._prepared = True
+
+    async def _load_library_on_masters(self) -> None:
+        """FUNCTION LOAD on each master of the cluster, concurrently (topology refreshed first)."""
+        cluster = self.redis
+        assert isinstance(cluster, RedisCluster)
+        try:
+            await cluster.initialize()
+            results = await asyncio.gather(
+                *(cluster.execute_command("FUNCTION LOAD", LIBRARY_CODE, target_nodes=node)
+                  for node in cluster.get_primaries()),
+                return_exceptions=True,
+            )  # fmt: skip
+        except RedisClusterException as e:  # not a RedisError: callers expect one
+            raise ClusterError(f"{type(e).__name__}: {e}") from e
+        for result in results:
+            if isinstance(result, ResponseError) and "already exists" in str(result):
+                continue
+            if isinstance(result, RedisClusterException):
+                raise ClusterError(f"{type(result).__name__}: {result}") from result
+            if isinstance(result, BaseException):
+                raise result
 
     def _adopt(self, stored: str) -> None:
         fields = dict(part.split("=", 1) for part in stored.split()[1:] if "=" in part)
@@ -371,15 +436,99 @@ class SidStore:
             raise StorageUnavailable(operation, e) from e
 
     async def ping(self) -> None:
+        """PING Redis (every master of a cluster), and prepare() if that has not succeeded yet."""
         try:
-            await self.redis.ping()
+            if self._cluster:
+                await self.redis.execute_command("PING", target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await self.redis.ping()
             if not self._prepared:
                 await self.prepare()
-        except RedisError as e:
+        except (RedisError, RedisClusterException) as e:
             raise StorageUnavailable("ping", e) from e
+
+    # --- Redis Cluster: one Function call per hash-tag group ---------------------------------------
+    def _group_parts(self, item_ids: Sequence[str]) -> tuple[list[bytes], bytes, list[np.ndarray]]:
+        """locate(), plus the request positions of each group's IDs (in request order)."""
+        buckets, fields = self._buckets(item_ids)
+        table = self._key_table
+        keys = list(map(table.__getitem__, buckets)) if table is not None else list(map(self.bucket_key, buckets))
+        groups = np.asarray(buckets, dtype=np.int64) % self._groups
+        order = np.argsort(groups, kind="stable")  # stable: a repeated ID keeps its order
+        return keys, fields, np.split(order, np.flatnonzero(np.diff(groups[order])) + 1)
+
+    async def _fcall_groups(
+        self, operation: str, function: str, parts: list[np.ndarray], make_args: Callable[[np.ndarray], list[Any]]
+    ) -> list[Any]:
+        """One call of `function` per group (its keys share one slot), pipelined per node, all
+        nodes concurrently; replies in `parts` order. Groups whose node lost the library (a
+        restart without data) are retried once after loading it again; any other failure raises
+        StorageUnavailable, and the groups that did succeed stay applied."""
+        command = "FCALL_RO" if function == READ_FUNCTION else "FCALL"
+        replies: list[Any] = [None] * len(parts)
+        todo = list(range(len(parts)))
+        for attempt in range(2):
+            try:
+                pipe = self.redis.pipeline()
+                for g in todo:
+                    pipe.execute_command(command, function, *make_args(parts[g]))
+                results = await pipe.execute(raise_on_error=False)
+            except (RedisError, RedisClusterException) as e:
+                raise StorageUnavailable(operation, e) from e
+            missing = []
+            for g, result in zip(todo, results, strict=True):
+                if attempt == 0 and isinstance(result, ResponseError) and _function_missing(result):
+                    missing.append(g)
+                elif isinstance(result, BaseException):
+                    raise StorageUnavailable(operation, result) from result  # type: ignore[arg-type]
+                else:
+                    replies[g] = result
+            if not missing:
+                break
+            log.warning("a Redis Cluster node lost the sidserve functions (restart?): loading them again")
+            self._prepared = False
+            try:
+                await self.prepare()
+            except RedisError as e:
+                raise StorageUnavailable(operation, e) from e
+            todo = missing
+        return replies
+
+    async def _read_groups(self, item_ids: Sequence[str]) -> tuple[bytes, bytes]:
+        """_read_raw on a cluster: one FCALL_RO per group, answers put back in request order."""
+        n, f, w = len(item_ids), FINGERPRINT_BYTES, self.packer.width
+        keys, fields, parts = self._group_parts(item_ids)
+        fp = np.frombuffer(fields, dtype=np.uint8).reshape(n, f)
+        replies = await self._fcall_groups(
+            "read", READ_FUNCTION, parts, lambda idx: [len(idx), *map(keys.__getitem__, idx.tolist()), fp[idx].tobytes(), f, w]
+        )  # fmt: skip
+        values, found = np.empty((n, w), dtype=np.uint8), np.empty(n, dtype=np.uint8)
+        for idx, (v, k) in zip(parts, replies, strict=True):
+            if len(v) != len(idx) * w or len(k) != len(idx):
+                raise RuntimeError(f"unexpected read reply under {self._meta_key!r}")  # a server-side fault
+            values[idx] = np.frombuffer(v, dtype=np.uint8).reshape(len(idx), w)
+            found[idx] = np.frombuffer(k, dtype=np.uint8)
+        return values.tobytes(), found.tobytes()
+
+    async def _write_groups(self, item_ids: Sequence[str], values: bytes) -> bytes:
+        """The write function on a cluster: one FCALL per group; statuses in request order.
+        Atomic per group only (see "Redis Cluster" above)."""
+        n, f, w = len(item_ids), FINGERPRINT_BYTES, self.packer.width
+        keys, fields, parts = self._group_parts(item_ids)
+        fp = np.frombuffer(fields, dtype=np.uint8).reshape(n, f)
+        vals = np.frombuffer(values, dtype=np.uint8).reshape(n, w)
+        replies = await self._fcall_groups(
+            "write", WRITE_FUNCTION, parts,
+            lambda idx: [len(idx), *map(keys.__getitem__, idx.tolist()), fp[idx].tobytes(), vals[idx].tobytes(), f, w],
+        )  # fmt: skip
+        statuses = np.empty(n, dtype=np.uint8)
+        for idx, reply in zip(parts, replies, strict=True):
+            statuses[idx] = np.frombuffer(reply, dtype=np.uint8)
+        return statuses.tobytes()
 
     async def write(self, item_ids: Sequence[str], codes: np.ndarray) -> list[WriteStatus]:
         """Store each item's SID, all or nothing, in one round trip; report what changed.
+        (On a cluster: one call per group, all or nothing per group only; see "Redis Cluster".)
 
         An ID repeated in the batch is written in order: the last occurrence wins.
         """
@@ -388,11 +537,14 @@ class SidStore:
         if not item_ids:
             return []
         await self._ensure_prepared("write")
-        keys, fields = self._keys_arg(item_ids)
-        values = self.packer.pack(codes)
-        statuses = await self._fcall(
-            "write", WRITE_FUNCTION, len(item_ids), keys, (fields, values, FINGERPRINT_BYTES, self.packer.width)
-        )
+        if self._cluster:
+            statuses = await self._write_groups(item_ids, self.packer.pack(codes))
+        else:
+            keys, fields = self._keys_arg(item_ids)
+            values = self.packer.pack(codes)
+            statuses = await self._fcall(
+                "write", WRITE_FUNCTION, len(item_ids), keys, (fields, values, FINGERPRINT_BYTES, self.packer.width)
+            )
         if self._cache is not None:  # this process's readers see its own writes at once
             for item_id in item_ids:
                 self._cache.pop(item_id, None)
@@ -401,6 +553,8 @@ class SidStore:
     async def _read_raw(self, item_ids: Sequence[str]) -> tuple[bytes, bytes]:
         """(values, found) as the read function answers them: one round trip."""
         await self._ensure_prepared("read")
+        if self._cluster:
+            return await self._read_groups(item_ids)
         keys, fields = self._keys_arg(item_ids)
         values, found = await self._fcall(
             "read", READ_FUNCTION, len(item_ids), keys, (fields, FINGERPRINT_BYTES, self.packer.width)

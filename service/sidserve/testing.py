@@ -1,4 +1,5 @@
-"""Real processes for tests, demos and load tests: a private redis-server on a free port.
+"""Real processes for tests, demos and load tests: a private redis-server (or a Redis Cluster of
+them) on free ports.
 
 Not used by the service itself; it lives in the package so the tests, scripts/demo.py and the
 load-test runner start Redis the same way.
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import redis
+import redis.cluster
 
 
 def free_port() -> int:
@@ -82,3 +84,68 @@ class RedisProcess:
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
+
+
+class RedisClusterProcess:
+    """A Redis Cluster of `masters` redis-server children (no replicas) on free loopback ports.
+
+    Each node runs with `--cluster-enabled yes` and its own nodes.conf under `workdir/<port>/`;
+    `redis-cli --cluster create` then spreads the 16,384 slots evenly over them, and start()
+    returns once every node reports `cluster_state:ok`. Nothing is kept on disk beyond
+    nodes.conf (no RDB, no AOF). `url` is the first node's: a cluster client discovers the rest.
+    """
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        if masters < 3:
+            raise ValueError("redis-cli --cluster create needs at least 3 masters")
+        self.workdir = workdir
+        self.nodes = []
+        for i in range(masters):
+            port = free_port()
+            while port > 55535:  # without --cluster-port Redis refuses ports above 65535 - 10000
+                port = free_port()
+            args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    "--cluster-port", str(free_port()), "--cluster-node-timeout", "2000"]  # fmt: skip
+            self.nodes.append(RedisProcess(workdir / str(i), port=port, args=args))
+        self.ports = [node.port for node in self.nodes]
+        self.url = self.nodes[0].url
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.workdir.mkdir(parents=True, exist_ok=True)
+            node.start()
+        addresses = [f"127.0.0.1:{port}" for port in self.ports]
+        result = subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"redis-cli --cluster create failed: {result.stdout}{result.stderr}")
+        deadline = time.monotonic() + 30
+        while not all(self._state_ok(port) for port in self.ports):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"cluster on ports {self.ports} did not reach cluster_state:ok")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _state_ok(port: int) -> bool:
+        client = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=1)
+        try:
+            return client.execute_command("CLUSTER INFO").get("cluster_state") == "ok"
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def node_clients(self) -> list[redis.Redis]:
+        """One plain client per master (e.g. for per-node DBSIZE)."""
+        return [node.client() for node in self.nodes]
+
+    def client(self) -> redis.cluster.RedisCluster:
+        return redis.cluster.RedisCluster.from_url(self.url)

@@ -1,11 +1,13 @@
 """End to end: the session's trained bundle -> service under uvicorn -> real HTTP (client and raw
 httpx) -> real Redis. SIDs must equal onnxruntime run directly on the bundle, feature rows must
-equal feature_rows on those SIDs."""
+equal feature_rows on those SIDs. The tests taking `live_service` run twice: against a single
+Redis ([single]) and against a 3-master Redis Cluster ([cluster], SIDSERVE_REDIS_CLUSTER)."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import redis
+import redis.cluster
 from service_fixtures import AUTH, TEST_API_KEY, LiveService, serve, service_settings
 
 from sidserve.features import FeatureConfig, Parameterization, feature_rows
@@ -26,6 +29,17 @@ def direct_codes(sid_bundle: Path, sid_bundle_data: tuple[np.ndarray, list[str]]
     x, _ = sid_bundle_data
     sess = ort.InferenceSession(str(sid_bundle / "encoder.onnx"), providers=["CPUExecutionProvider"])
     return sess.run(None, {"embeddings": x})[0]
+
+
+@pytest.fixture(scope="module", params=["single", "cluster"])
+def live_service(request: pytest.FixtureRequest, sid_bundle: Path) -> Iterator[LiveService]:
+    """The service on the session's single Redis, or on the session's Redis Cluster."""
+    if request.param == "single":
+        url, cluster = request.getfixturevalue("redis_url"), False
+    else:
+        url, cluster = request.getfixturevalue("redis_cluster_url"), True
+    with serve(service_settings(sid_bundle, url, redis_cluster=cluster)) as service:
+        yield service
 
 
 @pytest.fixture
@@ -49,7 +63,8 @@ def _stored_keys(live_service: LiveService, item_ids: list[str]) -> int:
     """How many of the items have a SID in Redis (looked up directly, layout from the store)."""
     store = live_service.app.state.sidserve.serving.store
     keys, fields = store.locate(item_ids)
-    r = redis.Redis.from_url(live_service.settings.redis_url)
+    url = live_service.settings.redis_url
+    r = redis.cluster.RedisCluster.from_url(url) if live_service.settings.redis_cluster else redis.Redis.from_url(url)
     width = len(fields) // len(item_ids)
     return sum(r.hexists(k, fields[i * width : (i + 1) * width]) for i, k in enumerate(keys))
 
