@@ -326,12 +326,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/v1/items/batch", response_model=ItemBatchOut, tags=["items"],
         responses={400: _E400, 413: _E413, 415: _E415, 422: _E422, 503: _E503, **writes["responses"]},
         dependencies=writes["dependencies"], openapi_extra=_batch_openapi(),
-        summary="Create or update a batch of items, all or nothing",
+        summary="Create or update a batch of items, all or nothing (per hash-tag group on a Redis Cluster)",
     )  # fmt: skip
     async def upsert_items(request: Request, serving: Ready) -> Response:
         """Validate every item, encode them in one ONNX run, write them in one Redis call. One
         invalid item rejects the call (422, its index in `loc`) and nothing is written. An ID
         repeated in the batch is written in order: its last occurrence wins.
+
+        On a Redis Cluster (SIDSERVE_REDIS_CLUSTER) the write is one call per hash-tag group:
+        each group's items are written all or nothing, the batch as a whole is not. If a node
+        fails mid-batch the answer is 503 and some groups may already be stored; re-sending the
+        same batch (idempotent) completes it, those items then answer `unchanged`.
 
         Two request bodies: JSON (`{"items": [{"item_id", "embedding"}]}`), or the compact binary
         `application/x-sidserve-embeddings` (float32, no per-float parsing; the Python client

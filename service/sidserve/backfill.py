@@ -185,6 +185,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", type=Path, required=True, help="float32 [N, D] .npy file")
     p.add_argument("--ids", type=Path, required=True, help="N item IDs, one per line, in row order")
     p.add_argument("--redis-url", default=defaults.redis_url, help="[SIDSERVE_REDIS_URL]")
+    p.add_argument("--redis-cluster", action=argparse.BooleanOptionalAction, default=defaults.redis_cluster,
+                   help="--redis-url names a Redis Cluster node [SIDSERVE_REDIS_CLUSTER]")  # fmt: skip
     p.add_argument("--key-prefix", default=defaults.key_prefix, help="[SIDSERVE_KEY_PREFIX]")
     p.add_argument("--batch-size", type=int, default=16_384, help="rows per encoder run and Redis write")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="encoder threads")
@@ -210,7 +212,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     checkpoint = Checkpoint(path, model.version, corpus.fingerprint)
 
     async def go() -> Result:
-        redis = storage.connect(args.redis_url, 5.0, 60.0, 4)  # long reply timeout: big batch writes
+        # long reply timeout: big batch writes; on a cluster a batch that failed half-way is written
+        # again when the run resumes (the same values: idempotent)
+        redis = storage.connect(args.redis_url, 5.0, 60.0, 4, cluster=args.redis_cluster)
         try:
             store = SidStore(redis, model.version, model.levels, model.codebook_size, args.key_prefix)
             return await run_backfill(

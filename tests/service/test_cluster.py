@@ -155,3 +155,31 @@ def test_readiness_pings_every_master(sid_bundle: Path, tmp_path: Path) -> None:
                 pytest.fail("/readyz did not recover after the master came back")
     finally:
         cluster.stop()
+
+
+def test_backfill_writes_to_the_cluster(
+    sid_bundle: Path, sid_bundle_data: tuple[np.ndarray, list[str]], redis_cluster_url: str,
+    direct_codes: np.ndarray, tmp_path: Path,
+) -> None:  # fmt: skip
+    from sidserve.backfill import main as backfill
+    from sidserve.model import SidModel
+
+    x, _ = sid_bundle_data
+    ids = [f"bf-{uuid.uuid4().hex[:6]}-{i}" for i in range(len(x))]
+    np.save(tmp_path / "c.npy", x)
+    (tmp_path / "c.txt").write_text("\n".join(ids) + "\n")
+    prefix = f"bf{uuid.uuid4().hex[:6]}"
+    backfill(["--bundle", str(sid_bundle), "--embeddings", str(tmp_path / "c.npy"), "--ids", str(tmp_path / "c.txt"),
+              "--redis-url", redis_cluster_url, "--redis-cluster", "--key-prefix", prefix, "--batch-size", "700",
+              "--no-progress"])  # fmt: skip
+    model = SidModel.load(sid_bundle)
+
+    async def read() -> tuple[np.ndarray, np.ndarray]:
+        r = storage.connect(redis_cluster_url, 1.0, 10.0, 2, cluster=True)
+        try:
+            return await SidStore(r, model.version, model.levels, model.codebook_size, prefix).read(ids)
+        finally:
+            await r.aclose()
+
+    codes, known = asyncio.run(read())
+    assert known.all() and np.array_equal(codes, direct_codes)
