@@ -2,14 +2,13 @@
 
 import re
 import shutil
-import socket
 import subprocess
-import time
 import tomllib
 from pathlib import Path
 
 import pytest
-import redis
+
+from sidserve.testing import RedisProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -83,32 +82,13 @@ def test_dockerfile_installs_the_service_without_torch() -> None:
     assert not any(dep.startswith("torch") for dep in runtime)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_shipped_redis_conf_starts_with_aof_and_no_eviction(tmp_path: Path) -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", str(DEPLOY / "redis.conf"), "--port", str(port), "--bind", "127.0.0.1",
-         "--dir", str(tmp_path), "--appendfsync", "everysec"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    server = RedisProcess(tmp_path, config=DEPLOY / "redis.conf", args=["--appendfsync", "everysec"])
+    server.start()
     try:
-        client = redis.Redis(port=port)
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server with deploy/redis.conf did not start"
-                time.sleep(0.05)
+        client = server.client()
         assert client.config_get("appendonly") == {"appendonly": "yes"}
         assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
