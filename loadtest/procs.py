@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,11 +14,7 @@ from pathlib import Path
 
 import redis
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from sidserve.testing import RedisProcess, free_port
 
 
 def _wait(check, what: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None):
@@ -38,24 +33,16 @@ def _wait(check, what: str, timeout_s: float, proc: subprocess.Popen | None = No
     raise RuntimeError(f"{what} not ready after {timeout_s} s (last error: {last!r})")
 
 
-class RedisServer:
+class RedisServer(RedisProcess):
     """`redis-server` on a free port, no persistence, stopped (and its files removed) on exit."""
 
     def __init__(self, maxmemory: str | None = None) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
+        if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server not found on PATH (apt-get install redis-server)")
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="loadtest-redis-"))
-        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.dir), "--loglevel", "warning"]
-        if maxmemory:
-            args += ["--maxmemory", maxmemory]
-        self.log = self.dir / "redis.log"
-        self.proc = subprocess.Popen(args, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        super().__init__(Path(tempfile.mkdtemp(prefix="loadtest-redis-")),
+                         args=["--maxmemory", maxmemory] if maxmemory else [])  # fmt: skip
+        self.start()
         self.client = redis.Redis(host="127.0.0.1", port=self.port)
-        _wait(self.client.ping, "redis-server", 10, self.proc, self.log)
 
     def used_memory(self) -> int:
         return int(self.client.info("memory")["used_memory"])
@@ -64,13 +51,8 @@ class RedisServer:
         try:
             self.client.close()
         finally:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-            shutil.rmtree(self.dir, ignore_errors=True)
+            super().stop()
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
         return self
