@@ -125,11 +125,11 @@ class ServiceState:
             await self.redis.aclose()
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     return request.app.state.sidserve
 
 
-def get_serving(state: Annotated[ServiceState, Depends(get_state)]) -> Serving:
+async def get_serving(state: Annotated[ServiceState, Depends(get_state)]) -> Serving:
     if state.serving is None:
         raise NotReady()
     return state.serving
