@@ -42,6 +42,13 @@ def id_sets(n_items: int, sets: int, seed: int = 7) -> dict[int, list[list[str]]
     return out
 
 
+def http_sets(n_items: int, rate: float, seed: int = 7) -> dict[int, list[list[str]]]:
+    """ID sets of the HTTP points: enough that the replayed cycle outlasts the service's cache TTL
+    (workload.CACHE_SAFE_CYCLE_S), so the cache sees a Zipf stream, not the same few sets. The
+    first 2,048 sets are the Redis floors' sets (same seed)."""
+    return id_sets(n_items, max(2048, int(rate * workload.CACHE_SAFE_CYCLE_S)), seed)
+
+
 def mget_floor(url: str, codes: np.ndarray, sets: list[list[str]], iters: int) -> dict:
     """Sync redis-py MGET, one process, closed loop, of plain string keys `floor:<item_id>` holding
     each item's codes packed little-endian (uint16 for K = 2048: 16 bytes), written to database 1
@@ -99,26 +106,31 @@ def http_point(svc: procs.Service, path: str, sets: list[list[str]], size: int, 
     host = svc.target
     reqs = [encode_request("POST", path, host, orjson.dumps({"candidates": ids[:c], "history": ids[c:]}))
             for ids in sets]
+    warm_offsets = schedule.constant_offsets(rate, warmup_s)
     kinds = [driver.RequestKind(path, lambda i: reqs[i % len(reqs)], check=check)]
 
     async def go():
         pool = RawHttpPool("127.0.0.1", svc.port)
         try:
             await pool.warm(8)
-            await driver.drive(pool, schedule.constant_offsets(rate, warmup_s), kinds, rate=rate)
+            await driver.drive(pool, warm_offsets, kinds, rate=rate)
             before = scrape(svc)
-            res = await driver.drive(pool, schedule.constant_offsets(rate, duration_s), kinds, rate=rate)
+            res = await driver.drive(pool, schedule.constant_offsets(rate, duration_s), kinds, rate=rate,
+                                     first_index=len(warm_offsets))
             after = scrape(svc)
-            return res, (promparse.delta_summary(before, after, path) if before and after else None)
+            if not (before and after):
+                return res, None, None
+            return res, promparse.delta_summary(before, after, path), promparse.cache_hit_rate(before, after)
         finally:
             pool.close()
 
-    res, server = driver.run(go())
+    res, server, hit_rate = driver.run(go())
     tot = res.total()
     return {"rate_rps": rate, "duration_s": duration_s, "ok": tot.ok, "errors": dict(tot.errors),
             "first_error": tot.first_error, "late_sends": tot.late,
             "achieved_rps": round(tot.ok / res.elapsed_s, 1), "client": tot.latency.summary(),
-            "service_time": tot.service.summary(), "send_lag": tot.send_lag.summary(), "server_side": server}
+            "service_time": tot.service.summary(), "send_lag": tot.send_lag.summary(), "server_side": server,
+            "cache_hit_rate": hit_rate}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -141,7 +153,8 @@ def main(args) -> int:
           f"{redis.utils.HIREDIS_AVAILABLE}", flush=True)
     src = corpus.EmbeddingSource(m["input_dim"], train_n=FULL.train_n)
     codes = corpus.compute_codes(bundle, src, n_items)
-    sets = id_sets(n_items, sets=2048)
+    sets = http_sets(n_items, args.rate)
+    floor_sets = {size: s[:2048] for size, s in sets.items()}
     report: dict = {"machine": machine_note(), "bundle": str(bundle), "model_version": m["model_version"],
                     "levels": m["levels"], "codebook_size": m["codebook_size"], "items": n_items,
                     "hiredis": bool(redis.utils.HIREDIS_AVAILABLE), "rate_rps": args.rate,
@@ -162,8 +175,8 @@ def main(args) -> int:
 
         floor = {}
         for size in SIZES:
-            floor[size] = {"mget": mget_floor(rs.url, codes, sets[size], iters[size]),
-                           "storage_read": storage_read(rs.url, m, sets[size], iters[size])}
+            floor[size] = {"mget": mget_floor(rs.url, codes, floor_sets[size], iters[size]),
+                           "storage_read": storage_read(rs.url, m, floor_sets[size], iters[size])}
             print(f"[bench] floor {size:>4} IDs: MGET p50 {floor[size]['mget']['p50_ms']:.3f} ms, "
                   f"SidStore.read p50 {floor[size]['storage_read']['p50_ms']:.3f} ms", flush=True)
 
@@ -184,7 +197,7 @@ def main(args) -> int:
                 f = http[size]["features"]
                 print(f"[bench] features {size:>4} IDs: client p50 {f['client']['p50_ms']:.3f} "
                       f"p99 {f['client']['p99_ms']:.3f} ms; server p50 "
-                      f"{(f['server_side'] or {}).get('p50_ms')} ms", flush=True)
+                      f"{(f['server_side'] or {}).get('p50_ms')} ms; cache hits {f['cache_hit_rate']}", flush=True)
     rows = []
     for size in SIZES:
         fl, hp = floor[size], http[size]

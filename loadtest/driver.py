@@ -116,13 +116,18 @@ async def drive(
     check_every: int = 50,
     max_in_flight: int = 20_000,
     rate: float = 0.0,
+    first_index: int = 0,
 ) -> DriveResult:
-    """Send len(offsets) requests at start + offsets[i]; request i is of kind choice[i]."""
+    """Send len(offsets) requests at start + offsets[i]; request i is of kind choice[i].
+
+    Each kind's requests are kind.make(first_index), kind.make(first_index + 1), ...: a measured
+    phase after a warm-up passes first_index = the warm-up's count, so it does not replay the
+    warm-up's requests (whose items the service would still hold in its cache)."""
     n = len(offsets)
     if choice is None:
         choice = np.zeros(n, dtype=np.int64)
     stats = [KindStats(k.name, k.items_per_request) for k in kinds]
-    counters = [0] * len(kinds)
+    counters = [first_index] * len(kinds)
     loop = asyncio.get_running_loop()
     done_count = 0
     dropped = 0

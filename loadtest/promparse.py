@@ -40,3 +40,26 @@ def delta_summary(before: str, after: str, endpoint: str, method: str = "POST") 
         v = bucket_quantile(q, pairs)
         out[name] = round(v * 1000, 4) if not math.isnan(v) else math.nan
     return out
+
+
+CACHE_METRIC = "sidserve_sid_cache_lookups_total"
+
+
+def counter_by_label(text: str, metric: str, label: str) -> dict[str, float]:
+    """A counter's value per value of one label (summed over the other labels and processes)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if not m or m["name"] != metric:
+            continue
+        key = dict(_LABEL.findall(m["labels"] or "")).get(label, "")
+        out[key] = out.get(key, 0.0) + float(m["value"])
+    return out
+
+
+def cache_hit_rate(before: str, after: str) -> float | None:
+    """Share of looked-up IDs the service's per-process cache answered between two scrapes."""
+    b0, b1 = counter_by_label(before, CACHE_METRIC, "result"), counter_by_label(after, CACHE_METRIC, "result")
+    hits = b1.get("hit", 0.0) - b0.get("hit", 0.0)
+    total = hits + b1.get("miss", 0.0) - b0.get("miss", 0.0)
+    return round(hits / total, 4) if total else None

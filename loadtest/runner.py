@@ -33,7 +33,10 @@ def build_kinds(sc: Scenario, host: str, n_requests: int, n_items: int, src: cor
 
     def fetch_kind() -> driver.RequestKind:
         sampler = workload.KeySampler(n_items, sc.popularity, s=zipf_s, seed=seed)
-        pool = max(1, min(n_requests, 4096 if sc.candidates + sc.history <= 300 else 1024))
+        # Distinct pre-built requests: the pool repeats after CACHE_SAFE_CYCLE_S at the scenario's
+        # rate, longer than the service's default cache TTL, so repeats do not inflate cache hits.
+        pool = max(1, min(n_requests, max(4096 if sc.candidates + sc.history <= 300 else 1024,
+                                          int(sc.rate * workload.CACHE_SAFE_CYCLE_S))))
         return driver.RequestKind(
             f"fetch_{sc.candidates + sc.history}",
             workload.features_maker(host, sampler, sc.candidates, sc.history, pool),
@@ -96,6 +99,7 @@ def summarize(sc: Scenario, res: driver.DriveResult, late_ms: float, server: dic
         "service_time": tot.service.summary(),
         "send_lag": tot.send_lag.summary(),
         "server_side": server.get(res.kinds[0].name) if len(res.kinds) == 1 else None,
+        "cache_hit_rate": getattr(res, "cache_hit_rate", None),
         "generator": {"cpu_us_per_request": round(res.gen_cpu_s / max(1, res.scheduled) * 1e6, 1),
                       "cpu_share_of_one_core": round(res.gen_cpu_s / max(res.elapsed_s, 1e-9), 3),
                       "connections_opened": res.connections,
@@ -135,10 +139,12 @@ def drive_scenario(svc: procs.Service, sc: Scenario, profile: Profile, n_items: 
             if warm is not None:  # same rate, same kinds, results dropped
                 await driver.drive(pool, warm, kinds, choice[len(offsets):], late_s, rate=sc.rate)
             before = scrape(svc)
-            res = await driver.drive(pool, offsets, kinds, choice[: len(offsets)], late_s, rate=sc.rate)
+            res = await driver.drive(pool, offsets, kinds, choice[: len(offsets)], late_s, rate=sc.rate,
+                                     first_index=len(warm) if warm is not None else 0)
             after = scrape(svc)
             res.server = {k.name: promparse.delta_summary(before, after, _kind_endpoint(k.name))
                           if before is not None and after is not None else None for k in kinds}
+            res.cache_hit_rate = promparse.cache_hit_rate(before, after) if before and after else None
             return res
         finally:
             pool.close()

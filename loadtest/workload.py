@@ -14,6 +14,12 @@ import orjson
 from .rawhttp import encode_request
 
 
+# A pool of pre-built requests is replayed in a cycle; the cycle must outlast the service's
+# per-process cache TTL (SIDSERVE_CACHE_TTL_S, default 5 s) by a margin, or replayed ID sets would
+# hit the cache more often than a fresh Zipf stream does.
+CACHE_SAFE_CYCLE_S = 12.0
+
+
 def item_id(i: int) -> str:
     return f"item-{i:08d}"
 

@@ -31,7 +31,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import codec, storage
-from .features import FeatureConfig, feature_rows
+from .features import FeatureConfig
+from .lookup import FeatureLookup
 from .metrics import Metrics
 from .model import SidModel
 from .schemas import (
@@ -68,6 +69,7 @@ class Serving:
 
     model: SidModel
     store: SidStore
+    lookup: FeatureLookup  # the store behind the per-process cache of hot items
     features: FeatureConfig
     features_out: dict[str, Any]
 
@@ -102,14 +104,14 @@ class ServiceState:
             levels=features.levels, num_tokens=features.num_tokens,
         ).model_dump()  # fmt: skip
         store = SidStore(
-            self.redis, model.version, model.levels, model.codebook_size, s.key_prefix, s.store_bucket_bits,
-            cache_ttl_s=s.cache_ttl_s, cache_max_items=s.cache_max_items, on_cache=self._count_cache,
+            self.redis, model.version, model.levels, model.codebook_size, s.key_prefix, s.store_bucket_bits
         )
+        lookup = FeatureLookup(store, features, s.cache_ttl_s, s.cache_max_items, on_lookup=self._count_cache)
         try:  # load the Redis functions now (two round trips, no key scan); else on first use
             await store.prepare()
         except RedisError as e:
             log.warning("Redis unreachable at startup (%s): the storage functions load on first use", e)
-        self.serving = Serving(model, store, features, features_out)
+        self.serving = Serving(model, store, lookup, features, features_out)
         self.metrics.model_info.labels(model.version, str(model.levels), str(model.codebook_size)).set(1)
         log.info(
             "model %s loaded from %s: D=%d L=%d K=%d; features %s",
@@ -209,7 +211,9 @@ def _batch_openapi() -> dict[str, Any]:
 
 async def _upsert(serving: Serving, state: ServiceState, items: list[ItemIn], x: np.ndarray) -> list[ItemOut]:
     codes = await run_in_threadpool(serving.model.encode, x)  # CPU-bound: keep the event loop free
-    statuses = await serving.store.write([item.item_id for item in items], codes)
+    ids = [item.item_id for item in items]
+    statuses = await serving.store.write(ids, codes)
+    serving.lookup.forget(ids)  # this process's readers see its own writes at once
     for status in statuses:
         state.metrics.items_written.labels(status).inc()
     version = serving.model.version
@@ -356,6 +360,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(415, f"Content-Type must be application/json or {codec.EMBEDDINGS_MEDIA_TYPE}")
         codes = await run_in_threadpool(serving.model.encode, x)  # CPU-bound: keep the event loop free
         statuses = await serving.store.write(ids, codes)
+        serving.lookup.forget(ids)  # this process's readers see its own writes at once
         for status in set(statuses):
             state.metrics.items_written.labels(status).inc(statuses.count(status))
         version = serving.model.version
@@ -373,10 +378,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         item_id: Annotated[ItemId, PathParam(description=f"Item ID, 1 to {MAX_ITEM_ID_BYTES} bytes, URL-encoded.")],
         serving: Ready,
     ) -> ItemRead:
-        codes, known = await serving.store.read([item_id])
-        if not known[0]:
+        found = await serving.lookup.fetch([item_id])
+        if not found.known[0]:
             raise HTTPException(404, f"item {item_id!r} has no SID under model {serving.model.version}")
-        return ItemRead(item_id=item_id, sid=codes[0].tolist(), model_version=serving.model.version)
+        return ItemRead(item_id=item_id, sid=found.codes[0].tolist(), model_version=serving.model.version)
 
     @app.post(
         "/v1/features", response_model=FeaturesOut, tags=["features"],
@@ -387,8 +392,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Answers aligned with the request order; duplicates are answered at each position. Unknown
         items are not an error: `known` is false, `sids` null and `rows` all 0 (the reserved row)."""
         ids = body.candidates + body.history
-        codes, known = await serving.store.read(ids)
-        rows = feature_rows(codes, serving.features, known)
+        found = await serving.lookup.fetch(ids)
+        codes, rows, known = found.codes, found.rows, found.known
         n = len(body.candidates)
         unknown = int(len(ids) - known.sum())
         state.metrics.feature_lookups.labels("true").inc(len(ids) - unknown)

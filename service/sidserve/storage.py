@@ -52,15 +52,7 @@ a restart that lost the data set, then the call is retried once):
   atomically: all of the batch is applied or none, and each item gets created (no previous
   value) / unchanged (same bytes) / updated (other bytes); a repeated ID is applied in order.
 
-Per-process cache (SIDSERVE_CACHE_TTL_S, off by default): found items' packed values, each served
-for at most cache_ttl_s after Redis answered it. That TTL is the staleness bound for an update
-made through another worker or replica; this process's own writes drop their entries at once;
-unknown IDs are never cached. Measured (loadtest/bench_storage.py --cache-sim, Zipf s = 1 over 1M
-items): an LRU of 10k / 100k items would answer 58% / 77% of lookups; with a 1 s TTL the service
-answered 61% from the cache, but in a closed-loop in-process run (300 IDs, same run, medians of
-1,500) p50 was 3.64 ms with it against 3.49 ms without: the Python bookkeeping per ID ate the
-Redis time saved. It does cut Redis work per request by the hit rate, so it is there for a Redis
-shared by many replicas, not on by default.
+The per-process cache of hot items sits in front of this module (sidserve.lookup).
 
 Redis Cluster (SIDSERVE_REDIS_CLUSTER=true, `connect(cluster=True)`): the hash tag
 `{<version>:<group>}` maps a model version's buckets to 16 slots, so to at most 16 masters. One
@@ -89,7 +81,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -299,8 +290,7 @@ class SidStore:
 
     def __init__(
         self, redis: Redis, model_version: str, levels: int, codebook_size: int, prefix: str = "sid",
-        bucket_bits: int = DEFAULT_BUCKET_BITS, cache_ttl_s: float = 0.0, cache_max_items: int = 200_000,
-        on_cache: Callable[[int, int], None] | None = None,
+        bucket_bits: int = DEFAULT_BUCKET_BITS,
     ) -> None:  # fmt: skip
         if not 1 <= bucket_bits <= 32:
             raise ValueError(f"bucket_bits must be in [1, 32], got {bucket_bits}")
@@ -314,10 +304,6 @@ class SidStore:
         self._meta_key = f"{prefix}:{model_version}:layout".encode()
         self._prepared = False
         self._use_bucket_bits(bucket_bits)
-        # Per-process cache of found items' packed values: item_id -> (expires at, value).
-        self.cache_ttl_s, self.cache_max_items = cache_ttl_s, cache_max_items
-        self._cache: dict[str, tuple[float, bytes]] | None = {} if cache_ttl_s > 0 else None
-        self._on_cache = on_cache  # called with (hits, misses) per cached read
 
     # --- layout --------------------------------------------------------------------------------
     def _use_bucket_bits(self, bits: int) -> None:
@@ -545,9 +531,6 @@ class SidStore:
             statuses = await self._fcall(
                 "write", WRITE_FUNCTION, len(item_ids), keys, (fields, values, FINGERPRINT_BYTES, self.packer.width)
             )
-        if self._cache is not None:  # this process's readers see its own writes at once
-            for item_id in item_ids:
-                self._cache.pop(item_id, None)
         return [_STATUS[s] for s in statuses]
 
     async def _read_raw(self, item_ids: Sequence[str]) -> tuple[bytes, bytes]:
@@ -571,38 +554,5 @@ class SidStore:
         n = len(item_ids)
         if not n:
             return np.zeros((0, self.levels), dtype=np.int64), np.zeros(0, dtype=bool)
-        if self._cache is None:
-            values, found = await self._read_raw(item_ids)
-            return self.packer.unpack(values, n), np.frombuffer(found, dtype=np.uint8) == ord("1")
-        return await self._read_cached(item_ids)
-
-    async def _read_cached(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Hot items from this process's cache, the rest in one round trip.
-
-        Staleness bound: an entry is served for at most cache_ttl_s after Redis answered it, so an
-        update made through another process (or worker) is seen within cache_ttl_s; this process's
-        own writes drop their entries at once. Unknown items are never cached (a new item is seen
-        at its first read after the write).
-        """
-        cache, now, w = self._cache, time.monotonic(), self.packer.width
-        assert cache is not None
-        entries = list(map(cache.get, item_ids))
-        values: list[bytes | None] = [e[1] if e is not None and e[0] > now else None for e in entries]
-        missing = [k for k, v in enumerate(values) if v is None]
-        if missing:
-            fetched, found = await self._read_raw([item_ids[k] for k in missing])
-            expires = now + self.cache_ttl_s
-            if len(cache) + len(missing) > self.cache_max_items:
-                live = {key: e for key, e in cache.items() if e[0] > now}
-                cache.clear()
-                if len(live) + len(missing) <= self.cache_max_items // 2:
-                    cache.update(live)
-            for j, k in enumerate(missing):
-                if found[j] == 49:  # b"1"
-                    values[k] = value = fetched[j * w : (j + 1) * w]
-                    cache[item_ids[k]] = (expires, value)
-        if self._on_cache is not None:
-            self._on_cache(len(item_ids) - len(missing), len(missing))
-        zero = bytes(w)
-        known = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
-        return self.packer.unpack(b"".join([v if v is not None else zero for v in values]), len(values)), known
+        values, found = await self._read_raw(item_ids)
+        return self.packer.unpack(values, n), np.frombuffer(found, dtype=np.uint8) == ord("1")

@@ -205,36 +205,6 @@ def test_plain_redis_py_client_reads_the_same(redis_url: str) -> None:
     asyncio.run(main())
 
 
-def test_cache_serves_hot_items_within_ttl_and_own_writes_at_once(redis_url: str) -> None:
-    counts = {"hit": 0, "miss": 0}
-
-    def count(hits: int, misses: int) -> None:
-        counts["hit"] += hits
-        counts["miss"] += misses
-
-    async def main() -> None:
-        ids = _ids(3)
-        cached = SidStore(connect(redis_url, 0.25, 0.5, 8), "0123456789abcdef", 3, 16,
-                          cache_ttl_s=0.3, on_cache=count)  # fmt: skip
-        other = _store(redis_url)  # another process, as far as the cache knows
-        await other.write(ids[:2], np.array([[1, 1, 1], [2, 2, 2]]))
-        got, known = await cached.read([ids[0], ids[2], ids[0]])
-        assert known.tolist() == [True, False, True] and got[:, 0].tolist() == [1, 0, 1]
-        assert counts == {"hit": 0, "miss": 3}
-        await other.write([ids[0], ids[2]], np.array([[5, 5, 5], [6, 6, 6]]))
-        got, known = await cached.read([ids[0], ids[2]])
-        assert got[:, 0].tolist() == [1, 6] and known.all()  # stale within the TTL; unknown never cached
-        assert counts == {"hit": 1, "miss": 4}
-        await asyncio.sleep(0.35)
-        assert (await cached.read([ids[0]]))[0][0, 0] == 5  # after the TTL: Redis again
-        await cached.write([ids[1]], np.array([[9, 9, 9]]))
-        assert (await cached.read([ids[1]]))[0][0, 0] == 9  # own write: seen at once
-        for s in (cached, other):
-            await s.redis.aclose()
-
-    asyncio.run(main())
-
-
 def test_a_burst_beyond_the_pool_size_queues_instead_of_failing(redis_url: str) -> None:
     """More concurrent commands than pooled connections wait for a free one (no 'Too many connections')."""
     import asyncio
