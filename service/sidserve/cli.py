@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"sidserve: {e}") from None
     options: dict[str, Any] = dict(
         host=settings.host, port=settings.port, workers=settings.workers, log_level=settings.log_level,
-        factory=True,
+        timeout_keep_alive=settings.keep_alive_s, factory=True,
     )  # fmt: skip
     uvicorn.run("sidserve.app:create_app", **options)
 

@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Bind address (console script only).")
     port: int = Field(default=8000, ge=0, le=65535, description="Bind port (console script only).")
     workers: PositiveInt = Field(default=1, description="uvicorn worker processes (console script only).")
+    keep_alive_s: PositiveInt = Field(
+        default=75,
+        description="Seconds an idle keep-alive connection stays open (console script only). Longer than the "
+        "clients' and proxies' idle timeouts (httpx 5 s, nginx upstream 60 s), so they close first: with "
+        "uvicorn's 5 s a client could send on a connection the server was just closing (a reset).",
+    )
     max_body_bytes: PositiveInt = Field(
         default=32 * 1024 * 1024, description="Larger request bodies are refused with 413."
     )
