@@ -198,6 +198,24 @@ def _parse_json_body(raw: bytes, model: type[ItemBatchIn]) -> ItemBatchIn:
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from e
 
 
+def _parse_features_body(raw: bytes) -> FeaturesIn:
+    """The features body, parsed and validated in one pass by pydantic's JSON parser (no stdlib
+    json, no FastAPI body machinery: ~25 us less per call, measured in-process). Errors have
+    FastAPI's shape, `loc` starting with "body"."""
+    if not raw:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
+    try:
+        return FeaturesIn.model_validate_json(raw)
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from e
+
+
+def _features_openapi() -> dict[str, Any]:
+    """The request body of the features and no-op routes (their handlers read the body themselves)."""
+    schema = FeaturesIn.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 def _batch_openapi() -> dict[str, Any]:
     """Both request bodies of POST /v1/items/batch (the handler reads the body itself)."""
     schema = ItemBatchIn.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -385,12 +403,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post(
         "/v1/features", response_model=FeaturesOut, tags=["features"],
-        responses={400: _E400, 413: _E413, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
-        summary="SIDs and embedding-table rows of candidates and history, in one call",
+        responses={413: _E413, 422: _E422, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
+        openapi_extra=_features_openapi(), summary="SIDs and embedding-table rows of candidates and history, in one call",
     )  # fmt: skip
-    async def features(body: FeaturesIn, serving: Ready) -> Response:
+    async def features(request: Request, serving: Ready) -> Response:
         """Answers aligned with the request order; duplicates are answered at each position. Unknown
         items are not an error: `known` is false, `sids` null and `rows` all 0 (the reserved row)."""
+        body = _parse_features_body(await request.body())
         ids = body.candidates + body.history
         found = await serving.lookup.fetch(ids)
         codes, rows, known = found.codes, found.rows, found.known
@@ -409,14 +428,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post(
         "/v1/_noop", response_model=NoopOut, tags=["benchmark"],
-        responses={400: _E400, 413: _E413, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
-        summary="Benchmark aid: the features request without Redis or features (HTTP + framework floor)",
+        responses={413: _E413, 422: _E422, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
+        openapi_extra=_features_openapi(), summary="Benchmark aid: the features request without Redis or features (HTTP + framework floor)",
     )  # fmt: skip
-    async def noop(body: FeaturesIn, serving: Ready) -> Response:
+    async def noop(request: Request, serving: Ready) -> Response:
         """Takes the features endpoint's body through the same route class, guard, body limit,
         parsing and validation, then answers a constant-size JSON without touching Redis. The
         difference between /v1/features and this endpoint is the cost of the lookup itself
         (`python -m loadtest bench`). Harmless in production: it reads nothing and writes nothing."""
+        body = _parse_features_body(await request.body())
         return Response(orjson.dumps({"ids": len(body.candidates) + len(body.history)}), media_type="application/json")
 
     @app.get("/healthz", response_model=HealthOut, tags=["health"], summary="Liveness")
