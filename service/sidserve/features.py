@@ -137,11 +137,17 @@ def feature_rows(
 
     match config.parameterization:
         case Parameterization.PREFIX_NGRAM:
-            rows = np.empty((codes.shape[0], config.ngram), dtype=np.int64)
+            # b_n = (K * b_{n-1} + c_n + 1) mod M per level, in place (one vectorised step per
+            # level, never per item); then row = 1 + (b - 1) mod M, i.e. b, except b = 0 -> M.
+            shifted = codes[:, : config.ngram] + 1
+            rows = np.empty_like(shifted)
             b = np.zeros(codes.shape[0], dtype=np.int64)
-            for n in range(config.ngram):  # one vectorised step per level, never per item
-                b = (k * b + codes[:, n] + 1) % m
-                rows[:, n] = 1 + (b - 1) % m
+            for n in range(config.ngram):
+                np.multiply(b, k, out=b)
+                np.add(b, shifted[:, n], out=b)
+                np.remainder(b, m, out=rows[:, n])
+                b = rows[:, n]
+            rows[rows == 0] = m
         case Parameterization.UNIGRAM:
             tokens = np.arange(config.levels, dtype=np.int64) * k + codes
             rows = 1 + tokens % m
