@@ -145,8 +145,8 @@ def feature_rows(
             for n in range(config.ngram):
                 np.multiply(b, k, out=b)
                 np.add(b, shifted[:, n], out=b)
-                np.remainder(b, m, out=rows[:, n])
-                b = rows[:, n]
+                np.remainder(b, m, out=b)
+                rows[:, n] = b
             rows[rows == 0] = m
         case Parameterization.UNIGRAM:
             tokens = np.arange(config.levels, dtype=np.int64) * k + codes
