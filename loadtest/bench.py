@@ -100,6 +100,29 @@ def storage_read(url: str, m: dict, sets: list[list[str]], iters: int) -> dict:
     return asyncio.run(main())
 
 
+def encode_time(m: dict, codes: np.ndarray, sets: list[list[str]], size: int, iters: int) -> dict:
+    """The service's response encoding alone (sidserve.responses.features_json) for these sets."""
+    from sidserve.features import FeatureConfig, feature_rows
+    from sidserve.lookup import Lookup
+    from sidserve.responses import features_json
+
+    config = FeatureConfig("prefix_ngram", m["codebook_size"], m["levels"], m["levels"], 1_000_004)
+    config_out = {"parameterization": "prefix_ngram", "ngram": config.ngram, "table_size": config.table_size,
+                  "codebook_size": config.codebook_size, "levels": config.levels, "num_tokens": config.num_tokens}
+    lookups = []
+    for ids in sets[:64]:
+        c = codes[[int(i.split("-")[1]) for i in ids]].astype(np.int64)
+        known = np.ones(len(ids), dtype=bool)
+        lookups.append(Lookup(c, feature_rows(c, config, known), known))
+    h = LatencyHistogram()
+    for n in range(iters):
+        found = lookups[n % len(lookups)]
+        t = time.perf_counter()
+        features_json(m["model_version"], config_out, found, SIZES[size][0])
+        h.record_s(time.perf_counter() - t)
+    return h.summary()
+
+
 def http_point(svc: procs.Service, path: str, sets: list[list[str]], size: int, rate: float,
                duration_s: float, warmup_s: float, check) -> dict:
     c, _ = SIZES[size]
@@ -176,9 +199,11 @@ def main(args) -> int:
         floor = {}
         for size in SIZES:
             floor[size] = {"mget": mget_floor(rs.url, codes, floor_sets[size], iters[size]),
-                           "storage_read": storage_read(rs.url, m, floor_sets[size], iters[size])}
+                           "storage_read": storage_read(rs.url, m, floor_sets[size], iters[size]),
+                           "encode": encode_time(m, codes, floor_sets[size], size, iters[size])}
             print(f"[bench] floor {size:>4} IDs: MGET p50 {floor[size]['mget']['p50_ms']:.3f} ms, "
-                  f"SidStore.read p50 {floor[size]['storage_read']['p50_ms']:.3f} ms", flush=True)
+                  f"SidStore.read p50 {floor[size]['storage_read']['p50_ms']:.3f} ms, "
+                  f"response encoding p50 {floor[size]['encode']['p50_ms']:.3f} ms", flush=True)
 
         http: dict = {}
         with procs.Service(bundle, rs.url, args.workers) as svc:
@@ -207,6 +232,8 @@ def main(args) -> int:
         row = {"ids": size,
                "mget_p50_ms": fl["mget"]["p50_ms"], "mget_p99_ms": fl["mget"]["p99_ms"],
                "storage_read_p50_ms": fl["storage_read"]["p50_ms"], "storage_read_p99_ms": fl["storage_read"]["p99_ms"],
+               "encode_p50_ms": fl["encode"]["p50_ms"], "encode_p99_ms": fl["encode"]["p99_ms"],
+               "cache_hit_rate": f.get("cache_hit_rate"),
                "noop_p50_ms": noop.get("p50_ms"), "noop_p99_ms": noop.get("p99_ms"),
                "features_client_p50_ms": f["client"]["p50_ms"], "features_client_p99_ms": f["client"]["p99_ms"],
                "features_server_p50_ms": srv.get("p50_ms"), "features_server_p99_ms": srv.get("p99_ms"),
@@ -234,17 +261,20 @@ def main(args) -> int:
 def summary_table(rows: list[dict]) -> str:
     f = lambda v: "    n/a" if v is None else f"{v:7.3f}"  # noqa: E731
     g = lambda v: "  n/a" if v is None else f"{v:5.2f}"  # noqa: E731
-    lines = ["ms; MGET = sync redis-py+hiredis, one process; store = SidStore.read (redis.asyncio); "
+    lines = ["ms; MGET = sync redis-py+hiredis, one process; store = SidStore.read (redis.asyncio, no cache); "
+             "encode = the service's response encoding alone (sidserve.responses.features_json); "
              "client = open-model latency from intended send; server = Prometheus histogram (interpolated)",
-             f"{'IDs':>5} | {'MGET p50':>8} {'p99':>7} | {'store p50':>9} {'p99':>7} | {'noop p50':>8} {'p99':>7} | "
+             f"{'IDs':>5} | {'MGET p50':>8} {'p99':>7} | {'store p50':>9} {'p99':>7} | {'encode p50':>10} | "
+             f"{'noop p50':>8} {'p99':>7} | "
              f"{'client p50':>10} {'p99':>7} | {'server p50':>10} {'p99':>7} | {'srv/MGET p50':>12} {'p99':>5} | "
-             f"{'cli/(noop+MGET) p50':>19} {'p99':>5}"]
+             f"{'cli/(noop+MGET) p50':>19} {'p99':>5} | {'cache hits':>10}"]
     for r in rows:
         lines.append(
             f"{r['ids']:>5} | {f(r['mget_p50_ms']):>8} {f(r['mget_p99_ms'])} | {f(r['storage_read_p50_ms']):>9} "
-            f"{f(r['storage_read_p99_ms'])} | {f(r['noop_p50_ms']):>8} {f(r['noop_p99_ms'])} | "
+            f"{f(r['storage_read_p99_ms'])} | {f(r['encode_p50_ms']):>10} | {f(r['noop_p50_ms']):>8} {f(r['noop_p99_ms'])} | "
             f"{f(r['features_client_p50_ms']):>10} {f(r['features_client_p99_ms'])} | "
             f"{f(r['features_server_p50_ms']):>10} {f(r['features_server_p99_ms'])} | "
             f"{g(r['server_over_mget_p50']):>12} {g(r['server_over_mget_p99'])} | "
-            f"{g(r['client_over_noop_plus_mget_p50']):>19} {g(r['client_over_noop_plus_mget_p99'])}")
+            f"{g(r['client_over_noop_plus_mget_p50']):>19} {g(r['client_over_noop_plus_mget_p99'])} | "
+            f"{g(r['cache_hit_rate']):>10}")
     return "\n".join(lines)

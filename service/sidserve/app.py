@@ -34,6 +34,7 @@ from . import codec, storage
 from .features import FeatureConfig
 from .lookup import FeatureLookup
 from .metrics import Metrics
+from .responses import features_json
 from .model import SidModel
 from .schemas import (
     MAX_ITEM_ID_BYTES,
@@ -241,15 +242,6 @@ async def _upsert(serving: Serving, state: ServiceState, items: list[ItemIn], x:
     ]
 
 
-def _block(codes: np.ndarray, known: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
-    if known.all():  # the usual case: orjson writes the numpy array itself, no Python ints
-        return {"known": known, "sids": codes, "rows": rows}
-    sids: list[Any] = codes.tolist()
-    for i in np.flatnonzero(~known).tolist():
-        sids[i] = None
-    return {"known": known, "sids": sids, "rows": rows}
-
-
 MAX_REPORTED_ERRORS = 20
 
 
@@ -412,19 +404,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = _parse_features_body(await request.body())
         ids = body.candidates + body.history
         found = await serving.lookup.fetch(ids)
-        codes, rows, known = found.codes, found.rows, found.known
-        n = len(body.candidates)
-        unknown = int(len(ids) - known.sum())
+        unknown = int(len(ids) - found.known.sum())
         state.metrics.feature_lookups.labels("true").inc(len(ids) - unknown)
         state.metrics.feature_lookups.labels("false").inc(unknown)
-        payload = {
-            "model_version": serving.model.version,
-            "feature_config": serving.features_out,
-            "candidates": _block(codes[:n], known[:n], rows[:n]),
-            "history": _block(codes[n:], known[n:], rows[n:]),
-        }
-        # Columnar numpy arrays straight to JSON: per-row pydantic models would cost more than Redis.
-        return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+        content = features_json(serving.model.version, serving.features_out, found, len(body.candidates))
+        return Response(content, media_type="application/json")
 
     @app.post(
         "/v1/_noop", response_model=NoopOut, tags=["benchmark"],
