@@ -8,6 +8,7 @@ Run it with the `sidserve` console script, or under uvicorn directly:
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -286,6 +287,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.open()
+        # Move everything built at startup (app, schemas, model, key tables) out of the cyclic
+        # GC's reach: a full collection over it paused a worker 11-23 ms (measured in-process),
+        # a latency spike at a random request; after freeze() it takes ~0 ms.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
