@@ -92,10 +92,12 @@ class RedisClusterProcess:
     Each node runs with `--cluster-enabled yes` and its own nodes.conf under `workdir/<port>/`;
     `redis-cli --cluster create` then spreads the 16,384 slots evenly over them, and start()
     returns once every node reports `cluster_state:ok`. Nothing is kept on disk beyond
-    nodes.conf (no RDB, no AOF). `url` is the first node's: a cluster client discovers the rest.
+    nodes.conf (no RDB, no AOF) unless `args` say so (e.g. ["--appendonly", "yes"]): then a node
+    killed and started again (`nodes[i].kill()`, `.start()`, `wait_ok()`) rejoins with its data.
+    `url` is the first node's: a cluster client discovers the rest.
     """
 
-    def __init__(self, workdir: Path, masters: int = 3) -> None:
+    def __init__(self, workdir: Path, masters: int = 3, args: Sequence[str] = ()) -> None:
         if masters < 3:
             raise ValueError("redis-cli --cluster create needs at least 3 masters")
         self.workdir = workdir
@@ -104,9 +106,9 @@ class RedisClusterProcess:
             port = free_port()
             while port > 55535:  # without --cluster-port Redis refuses ports above 65535 - 10000
                 port = free_port()
-            args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                    "--cluster-port", str(free_port()), "--cluster-node-timeout", "2000"]  # fmt: skip
-            self.nodes.append(RedisProcess(workdir / str(i), port=port, args=args))
+            node_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    "--cluster-port", str(free_port()), "--cluster-node-timeout", "2000", *args]  # fmt: skip
+            self.nodes.append(RedisProcess(workdir / str(i), port=port, args=node_args))
         self.ports = [node.port for node in self.nodes]
         self.url = self.nodes[0].url
 
@@ -122,10 +124,17 @@ class RedisClusterProcess:
         if result.returncode != 0:
             self.stop()
             raise RuntimeError(f"redis-cli --cluster create failed: {result.stdout}{result.stderr}")
-        deadline = time.monotonic() + 30
+        try:
+            self.wait_ok()
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def wait_ok(self, timeout_s: float = 30) -> None:
+        """Return once every node reports cluster_state:ok (e.g. after a node was restarted)."""
+        deadline = time.monotonic() + timeout_s
         while not all(self._state_ok(port) for port in self.ports):
             if time.monotonic() > deadline:
-                self.stop()
                 raise RuntimeError(f"cluster on ports {self.ports} did not reach cluster_state:ok")
             time.sleep(0.05)
 
