@@ -13,6 +13,7 @@ import pytest
 from service_fixtures import AUTH, LiveService, serve, service_settings
 
 from sidserve.model import SidModel
+from sidserve_client import SidServeClient
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,10 @@ def test_k_counts_items_per_sid_and_is_served_beside_it(
         f = http.post("/v1/features", json={"candidates": ["d2"], "version": b.version}).json()
         assert f["candidates"]["collision_index"] == [2]
         assert http.get("/v1/items/d2").json()["collision_index"] == 2
+        with SidServeClient(service.url, api_key=service.api_key) as client:
+            assert client.features(["d0", "nope", "d2"]).candidates.collision_index == [0, None, 2]
+            assert client.get_item("d2", version=b.version).collision_index == 2
+            assert client.upsert_item("d0", x[0]).collision_index == 0
         assert http.get("/readyz").json()["collision_index"] is True
         assert http.get("/v1/models").json()["collision_index"] is True
         metrics = http.get("/metrics").text

@@ -20,6 +20,7 @@ from service_fixtures import AUTH, LiveService, serve, service_settings
 from sidserve.model import BundleError, SidModel
 from sidserve.settings import Settings
 from sidserve.versions import load_servings
+from sidserve_client import SidServeClient
 
 REFRESH_S = 0.2
 
@@ -113,6 +114,11 @@ def test_two_versions_upload_writes_both_and_reads_pick_one(
         item = http.get(f"/v1/items/{ids[5]}", params={"version": b.version}).json()
         assert item == {"item_id": ids[5], "sid": codes_b[5].tolist(), "model_version": b.version}
         assert http.get(f"/v1/items/{ids[5]}").json()["model_version"] == a.version
+
+        with SidServeClient(pair.url, api_key=pair.api_key) as client:  # the Python client's version=
+            assert client.features(ids[:3], version=b.version).candidates.sids == [tuple(c) for c in codes_b[:3]]
+            assert client.get_item(ids[5], version=b.version).sid == tuple(codes_b[5])
+            assert client.get_item(ids[5]).model_version == a.version
 
         ready = http.get("/readyz").json()
         assert ready["model_version"] == a.version and ready["loaded_versions"] == [a.version, b.version]
