@@ -243,6 +243,9 @@ class ModelRegistry:
                     log.warning("cannot read the active model version from Redis (%s): serving %s meanwhile",
                                 e, self._active)  # fmt: skip
                 self._refresh_error = f"{type(e).__name__}: {e}"
+            except Exception as e:  # a bug must not end the loop: this process would stop following switches
+                log.exception("reading the model lifecycle state failed")
+                self._refresh_error = f"{type(e).__name__}: {e}"
 
     async def refresh(self) -> None:
         """Read the active version and the retirements from Redis (one HGETALL) and apply them."""
