@@ -304,10 +304,6 @@ class ModelRegistry:
             self._metrics.model_info.labels(version, str(serving.model.levels), str(serving.model.codebook_size)).set(0)
 
     # --- requests --------------------------------------------------------------------------------
-    @property
-    def active(self) -> str | None:
-        return self._active
-
     def resolve(self, version: str | None) -> Serving:
         """The Serving of `version`, default the active one. Call once per request."""
         if version is None:
