@@ -44,6 +44,19 @@ def sid_bundle_checkpoint(sid_bundle_build: dict[str, Any]) -> Path:
     return sid_bundle_build["checkpoint"]
 
 
+# --- a second model bundle, another model version taking the same embeddings (model lifecycle) ---
+@pytest.fixture(scope="session")
+def sid_bundle_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """RQ-VAE (D=32 like sid_bundle, but L=4, K=8, seed 1): another model_version, ~3 s."""
+    pytest.importorskip("torch")
+    from sid_exporter.synthetic import build_demo_bundle
+
+    bundle, _, _ = build_demo_bundle(
+        tmp_path_factory.mktemp("sid_bundle_b"), n=2000, dim=32, levels=4, codebook_size=8, seed=1
+    )
+    return bundle
+
+
 # --- sidserve: a real Redis (private redis-server or REDIS_URL) and the service under uvicorn --
 from redis_fixtures import redis_cluster, redis_cluster_url, redis_process, redis_url  # noqa: E402,F401  (tests/ is on sys.path)
 from service_fixtures import live_service  # noqa: E402,F401

@@ -127,20 +127,24 @@ def _upsert_batches(item_ids: Sequence[str], embeddings: Any, batch_size: int) -
     ]  # fmt: skip
 
 
-def _get_item(item_id: str) -> _Call[ItemSid]:
+def _get_item(item_id: str, version: str | None) -> _Call[ItemSid]:
     def parse(body: dict[str, Any]) -> ItemSid:
-        return ItemSid(body["item_id"], tuple(body["sid"]), body["model_version"])
+        return ItemSid(body["item_id"], tuple(body["sid"]), body["model_version"],
+                       collision_index=body.get("collision_index"))  # fmt: skip
 
-    return _Call("GET", "/v1/items/" + quote(item_id, safe=""), parse)
+    query = "" if version is None else "?version=" + quote(version, safe="")
+    return _Call("GET", "/v1/items/" + quote(item_id, safe="") + query, parse)
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
     return _JSON if api_key is None else {**_JSON, "authorization": f"Bearer {api_key}"}
 
 
-def _features(candidates: Sequence[str], history: Sequence[str]) -> _Call[Features]:
-    body = _dumps({"candidates": list(candidates), "history": list(history)})
-    return _Call("POST", "/v1/features", parse_features, body)
+def _features(candidates: Sequence[str], history: Sequence[str], version: str | None) -> _Call[Features]:
+    request: dict[str, Any] = {"candidates": list(candidates), "history": list(history)}
+    if version is not None:
+        request["version"] = version
+    return _Call("POST", "/v1/features", parse_features, _dumps(request))
 
 
 class SidServeClient:
@@ -184,13 +188,15 @@ class SidServeClient:
         later chunk leaves the earlier chunks written (re-sending them is harmless)."""
         return [w for call in _upsert_batches(item_ids, embeddings, self.batch_size) for w in self._run(call)]
 
-    def get_item(self, item_id: str) -> ItemSid:
-        """The item's SID; raises ItemNotFound when none is stored."""
-        return self._run(_get_item(item_id))
+    def get_item(self, item_id: str, version: str | None = None) -> ItemSid:
+        """The item's SID under `version` (default: the server's active one); raises ItemNotFound
+        when none is stored."""
+        return self._run(_get_item(item_id, version))
 
-    def features(self, candidates: Sequence[str], history: Sequence[str] = ()) -> Features:
-        """SIDs and embedding-table rows, aligned with the inputs; unknown items have known=False, rows 0."""
-        return self._run(_features(candidates, history))
+    def features(self, candidates: Sequence[str], history: Sequence[str] = (), version: str | None = None) -> Features:
+        """SIDs and embedding-table rows, aligned with the inputs; unknown items have known=False, rows 0.
+        `version`: a model version loaded on the server (default: its active one)."""
+        return self._run(_features(candidates, history, version))
 
     def ready(self) -> Readiness:
         """The server's readiness, asked once (no retry: it reports the state of the moment)."""
@@ -255,11 +261,13 @@ class AsyncSidServeClient:
         # Chunks in order, one at a time: a failure stops before later chunks, like the sync client.
         return [w for call in _upsert_batches(item_ids, embeddings, self.batch_size) for w in await self._run(call)]
 
-    async def get_item(self, item_id: str) -> ItemSid:
-        return await self._run(_get_item(item_id))
+    async def get_item(self, item_id: str, version: str | None = None) -> ItemSid:
+        return await self._run(_get_item(item_id, version))
 
-    async def features(self, candidates: Sequence[str], history: Sequence[str] = ()) -> Features:
-        return await self._run(_features(candidates, history))
+    async def features(
+        self, candidates: Sequence[str], history: Sequence[str] = (), version: str | None = None
+    ) -> Features:
+        return await self._run(_features(candidates, history, version))
 
     async def ready(self) -> Readiness:
         try:

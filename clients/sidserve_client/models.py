@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -46,6 +46,8 @@ class ItemSid:
     item_id: str
     sid: Sid
     model_version: str
+    # TIGER's collision index k, when the server runs with SIDSERVE_COLLISION_INDEX; else None.
+    collision_index: int | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class FeatureBlock:
     known: np.ndarray  # bool [n]
     sids: list[Sid | None]  # None where unknown
     rows: np.ndarray  # int64 [n, num_tokens]; all 0 where unknown
+    collision_index: list[int | None] | None = None  # k (None where unknown); None without SIDSERVE_COLLISION_INDEX
 
     def __len__(self) -> int:
         return len(self.sids)
@@ -99,7 +102,8 @@ class Readiness:
 def parse_block(body: dict[str, Any], num_tokens: int) -> FeatureBlock:
     sids = [None if s is None else tuple(s) for s in body["sids"]]
     rows = np.asarray(body["rows"], dtype=np.int64).reshape(len(sids), num_tokens)
-    return FeatureBlock(known=np.asarray(body["known"], dtype=bool), sids=sids, rows=rows)
+    return FeatureBlock(known=np.asarray(body["known"], dtype=bool), sids=sids, rows=rows,
+                        collision_index=body.get("collision_index"))  # fmt: skip
 
 
 def parse_features(body: dict[str, Any]) -> Features:
@@ -126,4 +130,5 @@ def parse_readiness(status: int, body: dict[str, Any]) -> Readiness:
 
 
 def parse_write(body: dict[str, Any]) -> ItemWrite:
-    return ItemWrite(body["item_id"], tuple(body["sid"]), body["model_version"], body["status"])
+    return ItemWrite(body["item_id"], tuple(body["sid"]), body["model_version"], body["status"],
+                     collision_index=body.get("collision_index"))  # fmt: skip

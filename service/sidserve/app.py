@@ -15,30 +15,25 @@ import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import codec, storage
-from .features import FeatureConfig
-from .lookup import FeatureLookup
 from .metrics import Metrics
 from .responses import features_json
-from .model import SidModel
 from .schemas import (
     MAX_ITEM_ID_BYTES,
+    ActiveIn,
     ErrorOut,
     FeatureConfigOut,
     FeaturesIn,
@@ -51,29 +46,27 @@ from .schemas import (
     ItemIn,
     ItemOut,
     ItemRead,
+    ModelsOut,
+    ModelVersion,
     NoopOut,
     ReadyOut,
+    RetirementOut,
 )
 from .security import Guard, GuardedRoute
 from .settings import Settings
-from .storage import SidStore, StorageUnavailable
+from .storage import StorageUnavailable
+from .versions import (
+    LifecycleConflict,
+    ModelRegistry,
+    NotReady,
+    Serving,
+    UnknownVersion,
+    VersionNotServed,
+    VersionWrite,
+    load_servings,
+)
 
 log = logging.getLogger("sidserve")
-
-
-class NotReady(Exception):
-    """No model bundle is loaded, so nothing can be encoded or served."""
-
-
-@dataclass
-class Serving:
-    """What a loaded bundle brings: the model, its SID store and the served feature config."""
-
-    model: SidModel
-    store: SidStore
-    lookup: FeatureLookup  # the store behind the per-process cache of hot items
-    features: FeatureConfig
-    features_out: dict[str, Any]
 
 
 class ServiceState:
@@ -82,7 +75,7 @@ class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.serving: Serving | None = None
+        self.registry: ModelRegistry | None = None
         self.redis: Redis | RedisCluster | None = None
 
     async def open(self) -> None:
@@ -90,56 +83,57 @@ class ServiceState:
         self.redis = storage.connect(
             s.redis_url, s.redis_connect_timeout, s.redis_socket_timeout, s.redis_max_connections, s.redis_cluster
         )
-        if s.bundle is None:
-            log.warning("no model bundle configured (SIDSERVE_BUNDLE): not ready")
-            return
+        if not s.bundle_paths:
+            log.warning("no model bundle configured (SIDSERVE_BUNDLE / SIDSERVE_BUNDLES): not ready")
         # A broken bundle stops the startup here with BundleError's message: fail fast, not at first request.
-        model = SidModel.load(s.bundle, s.onnx_intra_op_threads, s.onnx_spinning)
-        features = FeatureConfig(
-            s.parameterization, model.codebook_size, model.levels, s.ngram or model.levels, s.table_size
-        )
-        for warning in features.warnings():
-            log.warning("feature config: %s", warning)
-        features_out = FeatureConfigOut(
-            parameterization=features.parameterization.value, ngram=features.ngram,
-            table_size=features.table_size, codebook_size=features.codebook_size,
-            levels=features.levels, num_tokens=features.num_tokens,
-        ).model_dump()  # fmt: skip
-        store = SidStore(
-            self.redis, model.version, model.levels, model.codebook_size, s.key_prefix, s.store_bucket_bits
-        )
-        lookup = FeatureLookup(store, features, s.cache_ttl_s, s.cache_max_items, on_lookup=self._count_cache)
-        try:  # load the Redis functions now (two round trips, no key scan); else on first use
-            await store.prepare()
-        except RedisError as e:
-            log.warning("Redis unreachable at startup (%s): the storage functions load on first use", e)
-        self.serving = Serving(model, store, lookup, features, features_out)
-        self.metrics.model_info.labels(model.version, str(model.levels), str(model.codebook_size)).set(1)
-        log.info(
-            "model %s loaded from %s: D=%d L=%d K=%d; features %s",
-            model.version, s.bundle, model.input_dim, model.levels, model.codebook_size, features_out,
-        )  # fmt: skip
+        self.registry = ModelRegistry(load_servings(s, self.redis, self._count_cache), self.redis, s, self.metrics)
+        await self.registry.start()
+
+    @property
+    def serving(self) -> Serving | None:
+        """The active version's Serving; None while none can be served."""
+        try:
+            return self.registry.resolve(None) if self.registry is not None else None
+        except NotReady:
+            return None
 
     def _count_cache(self, hits: int, misses: int) -> None:
         self.metrics.sid_cache.labels("hit").inc(hits)
         self.metrics.sid_cache.labels("miss").inc(misses)
 
     async def close(self) -> None:
+        if self.registry is not None:
+            await self.registry.stop()
         if self.redis is not None:
             await self.redis.aclose()
 
 
+# Dependencies are async: FastAPI runs a sync one in the threadpool, two thread hops per request
+# (the no-op endpoint took 281 us in-process with sync ones, 79 us with async ones).
 async def get_state(request: Request) -> ServiceState:
     return request.app.state.sidserve
 
 
-async def get_serving(state: Annotated[ServiceState, Depends(get_state)]) -> Serving:
-    if state.serving is None:
+async def get_registry(state: Annotated[ServiceState, Depends(get_state)]) -> ModelRegistry:
+    if state.registry is None:
         raise NotReady()
-    return state.serving
+    return state.registry
+
+
+async def get_serving(registry: Annotated[ModelRegistry, Depends(get_registry)]) -> Serving:
+    return registry.resolve(None)
 
 
 Ready = Annotated[Serving, Depends(get_serving)]
+Models = Annotated[ModelRegistry, Depends(get_registry)]
+
+
+def _resolve(registry: ModelRegistry, version: str | None, loc: tuple[str, ...]) -> Serving:
+    """The request's model version, resolved once; 422 naming the field when it is not served here."""
+    try:
+        return registry.resolve(version)
+    except VersionNotServed as e:
+        raise RequestValidationError([{"type": "version_not_loaded", "loc": loc, "msg": str(e), "input": version}]) from e
 
 
 def _retry_after_header(description: str) -> dict[str, Any]:
@@ -154,7 +148,8 @@ _E422 = {"description": "Validation Error (the index of a bad item is in `loc`).
          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}}
 _E413 = {"model": ErrorOut, "description": "Request body larger than the configured limit (SIDSERVE_MAX_BODY_BYTES)."}
 _E503 = _retry_after_header("Redis unreachable or no model loaded; retry after Retry-After seconds.")
-_E404 = {"model": ErrorOut, "description": "No SID stored for this item under the loaded model version."}
+_E404 = {"model": ErrorOut, "description": "No SID stored for this item under the requested (or active) model version."}
+_E409 = {"model": ErrorOut, "description": "The version is the active one: activate another version first."}
 
 
 def _embeddings(items: list[ItemIn], dim: int, batch: bool) -> np.ndarray:
@@ -229,18 +224,30 @@ def _batch_openapi() -> dict[str, Any]:
     }}}  # fmt: skip
 
 
-async def _upsert(serving: Serving, state: ServiceState, items: list[ItemIn], x: np.ndarray) -> list[ItemOut]:
-    codes = await run_in_threadpool(serving.model.encode, x)  # CPU-bound: keep the event loop free
-    ids = [item.item_id for item in items]
-    statuses = await serving.store.write(ids, codes)
-    serving.lookup.forget(ids)  # this process's readers see its own writes at once
-    for status in statuses:
-        state.metrics.items_written.labels(status).inc()
-    version = serving.model.version
-    return [
-        ItemOut(item_id=item.item_id, sid=sid, model_version=version, status=status)
-        for item, sid, status in zip(items, codes.tolist(), statuses, strict=True)
-    ]
+async def _upsert(registry: ModelRegistry, metrics: Metrics, ids: list[str], x: np.ndarray) -> list[dict[str, Any]]:
+    """Store the items under every loaded version; answer entries as plain dicts (ItemOut's shape)."""
+    active, *others = await registry.write(ids, x)
+    for status in set(active.statuses):
+        metrics.items_written.labels(status).inc(active.statuses.count(status))
+    # Built as plain dicts for orjson: ItemOut models cost ~10 ms per 1,000 items.
+    items = _version_entries(active, ids, with_id=True)
+    for other in others:
+        for item, entry in zip(items, _version_entries(other, ids, with_id=False), strict=True):
+            item.setdefault("other_versions", []).append(entry)
+    return items
+
+
+def _version_entries(written: VersionWrite, ids: list[str], with_id: bool) -> list[dict[str, Any]]:
+    """One version's part of each answer entry; collision_index only when the feature is on."""
+    entries: list[dict[str, Any]] = [
+        {"item_id": i, "sid": sid, "model_version": written.version, "status": st} if with_id
+        else {"model_version": written.version, "sid": sid, "status": st}
+        for i, sid, st in zip(ids, written.codes.tolist(), written.statuses, strict=True)
+    ]  # fmt: skip
+    if written.index is not None:
+        for entry, k in zip(entries, written.index.tolist(), strict=True):
+            entry["collision_index"] = k
+    return entries
 
 
 MAX_REPORTED_ERRORS = 20
@@ -287,7 +294,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.open()
-        # Move everything built at startup (app, schemas, model, key tables) out of the cyclic
+        # Move everything built at startup (app, schemas, models, key tables) out of the cyclic
         # GC's reach: a full collection over it paused a worker 11-23 ms (measured in-process),
         # a latency spike at a random request; after freeze() it takes ~0 ms.
         gc.collect()
@@ -327,20 +334,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(NotReady)
     async def _not_ready(request: Request, exc: NotReady) -> JSONResponse:
         return JSONResponse(
-            {"detail": "No model bundle is loaded (set SIDSERVE_BUNDLE)."}, status_code=503,
-            headers={"Retry-After": str(settings.retry_after_s)},
-        )  # fmt: skip
+            {"detail": exc.detail}, status_code=503, headers={"Retry-After": str(settings.retry_after_s)}
+        )
 
     @app.post(
         "/v1/items", response_model=ItemOut, tags=["items"],
         responses={400: _E400, 413: _E413, 503: _E503, **writes["responses"]}, dependencies=writes["dependencies"],
         summary="Create or update one item",
     )  # fmt: skip
-    async def upsert_item(item: ItemIn, serving: Ready) -> ItemOut:
+    async def upsert_item(item: ItemIn, serving: Ready, registry: Models) -> Response:
         """Compute the item's SID from its embedding and store it. Idempotent: re-sending the same
-        item answers `unchanged`; new content for a stored item replaces its SID (`updated`)."""
+        item answers `unchanged`; new content for a stored item replaces its SID (`updated`).
+
+        With several model versions loaded, the item is stored under each (`other_versions`)."""
         x = _embeddings([item], serving.model.input_dim, batch=False)
-        return (await _upsert(serving, state, [item], x))[0]
+        [answer] = await _upsert(registry, state.metrics, [item.item_id], x)
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     @app.post(
         "/v1/items/batch", response_model=ItemBatchOut, tags=["items"],
@@ -348,10 +357,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=writes["dependencies"], openapi_extra=_batch_openapi(),
         summary="Create or update a batch of items, all or nothing (per hash-tag group on a Redis Cluster)",
     )  # fmt: skip
-    async def upsert_items(request: Request, serving: Ready) -> Response:
+    async def upsert_items(request: Request, serving: Ready, registry: Models) -> Response:
         """Validate every item, encode them in one ONNX run, write them in one Redis call. One
         invalid item rejects the call (422, its index in `loc`) and nothing is written. An ID
         repeated in the batch is written in order: its last occurrence wins.
+
+        With several model versions loaded, the items are stored under each (one ONNX run and one
+        Redis call per version, `other_versions` in the answer); each version's write is atomic,
+        and after a 503 some versions may be stored: re-send the batch.
 
         On a Redis Cluster (SIDSERVE_REDIS_CLUSTER) the write is one call per hash-tag group:
         each group's items are written all or nothing, the batch as a whole is not. If a node
@@ -374,40 +387,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ids, x = [item.item_id for item in batch.items], _embeddings(batch.items, dim, batch=True)
         else:
             raise HTTPException(415, f"Content-Type must be application/json or {codec.EMBEDDINGS_MEDIA_TYPE}")
-        codes = await run_in_threadpool(serving.model.encode, x)  # CPU-bound: keep the event loop free
-        statuses = await serving.store.write(ids, codes)
-        serving.lookup.forget(ids)  # this process's readers see its own writes at once
-        for status in set(statuses):
-            state.metrics.items_written.labels(status).inc(statuses.count(status))
-        version = serving.model.version
-        # Built as plain dicts for orjson: ItemOut models cost ~10 ms per 1,000 items.
-        items = [{"item_id": i, "sid": sid, "model_version": version, "status": st}
-                 for i, sid, st in zip(ids, codes.tolist(), statuses, strict=True)]  # fmt: skip
+        items = await _upsert(registry, state.metrics, ids, x)
+        version = items[0]["model_version"]
         return Response(orjson.dumps({"model_version": version, "items": items}), media_type="application/json")
 
     @app.get(
-        "/v1/items/{item_id:path}", response_model=ItemRead, tags=["items"],
+        "/v1/items/{item_id:path}", response_model=ItemRead, response_model_exclude_none=True, tags=["items"],
         responses={404: _E404, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
         summary="Read an item's SID",
     )  # fmt: skip
     async def get_item(
         item_id: Annotated[ItemId, PathParam(description=f"Item ID, 1 to {MAX_ITEM_ID_BYTES} bytes, URL-encoded.")],
-        serving: Ready,
+        registry: Models,
+        version: Annotated[
+            ModelVersion | None, Query(description="A loaded model version (GET /v1/models); default: the active one.")
+        ] = None,
     ) -> ItemRead:
+        serving = _resolve(registry, version, ("query", "version"))
         found = await serving.lookup.fetch([item_id])
         if not found.known[0]:
             raise HTTPException(404, f"item {item_id!r} has no SID under model {serving.model.version}")
-        return ItemRead(item_id=item_id, sid=found.codes[0].tolist(), model_version=serving.model.version)
+        return ItemRead(
+            item_id=item_id, sid=found.codes[0].tolist(), model_version=serving.model.version,
+            collision_index=int(found.index[0]) if found.index is not None else None,
+        )  # fmt: skip
 
     @app.post(
         "/v1/features", response_model=FeaturesOut, tags=["features"],
         responses={413: _E413, 422: _E422, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
         openapi_extra=_features_openapi(), summary="SIDs and embedding-table rows of candidates and history, in one call",
     )  # fmt: skip
-    async def features(request: Request, serving: Ready) -> Response:
+    async def features(request: Request, registry: Models) -> Response:
         """Answers aligned with the request order; duplicates are answered at each position. Unknown
-        items are not an error: `known` is false, `sids` null and `rows` all 0 (the reserved row)."""
+        items are not an error: `known` is false, `sids` null and `rows` all 0 (the reserved row).
+        `version` picks a loaded model version (default: the active one)."""
         body = _parse_features_body(await request.body())
+        serving = _resolve(registry, body.version, ("body", "version"))
         ids = body.candidates + body.history
         found = await serving.lookup.fetch(ids)
         unknown = int(len(ids) - found.known.sum())
@@ -438,15 +453,67 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/readyz", response_model=ReadyOut, tags=["health"], summary="Readiness",
         responses={503: _retry_after_header("No model loaded, or Redis unreachable.")},
     )  # fmt: skip
-    async def readyz(serving: Ready) -> ReadyOut:
-        """200 when a model is loaded and Redis answers a PING; shows what this instance serves."""
+    async def readyz(serving: Ready, registry: Models) -> ReadyOut:
+        """200 when a model is loaded and Redis answers a PING; shows what this instance serves.
+        Still 200 when the active version in Redis is not loaded here: this instance then serves
+        its previous one, and `warnings` says so."""
         await serving.store.ping()
         m = serving.model
         return ReadyOut(
             status="ready", model_version=m.version, method=str(m.manifest.get("method", "")),
             input_dim=m.input_dim, levels=m.levels, codebook_size=m.codebook_size,
             feature_config=FeatureConfigOut(**serving.features_out),
+            loaded_versions=[s.version for s in registry.loaded], active_version_in_redis=registry.active_in_redis,
+            collision_index=registry.collision_index, warnings=registry.warnings,
         )  # fmt: skip
+
+    @app.get(
+        "/v1/models", response_model=ModelsOut, tags=["models"],
+        responses={503: _E503, **writes["responses"]}, dependencies=writes["dependencies"],
+        summary="Loaded model versions, the active one, retirements",
+    )  # fmt: skip
+    async def list_models(registry: Models) -> ModelsOut:
+        """What this instance has loaded and serves by default, the active version shared through
+        Redis (refreshed every SIDSERVE_ACTIVE_REFRESH_S), and each retired version's deletion."""
+        return ModelsOut(**registry.describe())
+
+    @app.put(
+        "/v1/models/active", response_model=ModelsOut, tags=["models"],
+        responses={400: _E400, 413: _E413, 503: _E503, **writes["responses"]}, dependencies=writes["dependencies"],
+        summary="Switch the active model version, for every replica",
+    )  # fmt: skip
+    async def activate_model(body: ActiveIn, registry: Models) -> ModelsOut:
+        """One atomic write in Redis; this instance serves the version at once, the other replicas
+        within SIDSERVE_ACTIVE_REFRESH_S. The version must be loaded here and not retired (else 422);
+        load it on every replica first: a replica without it keeps serving its previous version."""
+        try:
+            await registry.activate(body.version)
+        except VersionNotServed as e:
+            raise RequestValidationError([{"type": "version_not_loaded", "loc": ("body", "version"),
+                                           "msg": str(e), "input": body.version}]) from e  # fmt: skip
+        return ModelsOut(**registry.describe())
+
+    @app.delete(
+        "/v1/models/{version}", response_model=RetirementOut, status_code=202, tags=["models"],
+        responses={404: {"model": ErrorOut, "description": "The version is neither loaded here nor stored in Redis."},
+                   409: _E409, 503: _E503, **writes["responses"]},
+        dependencies=writes["dependencies"], summary="Retire a model version: stop serving it, delete its keys",
+    )  # fmt: skip
+    async def retire_model(
+        version: Annotated[ModelVersion, PathParam(description="The model version to retire (not the active one).")],
+        registry: Models,
+    ) -> RetirementOut:
+        """Stops serving and writing the version (here at once, elsewhere at the next refresh), then,
+        after 2 refresh intervals + the Redis reply timeout, deletes its keys in the background with
+        SCAN MATCH + UNLINK in small slices (never blocking Redis; every master of a cluster).
+        Progress: GET /v1/models, `sidserve_retired_keys_deleted_total`. Retiring it again resumes
+        (or re-sweeps) the deletion."""
+        try:
+            return RetirementOut(model_version=version, **await registry.retire(version))
+        except UnknownVersion as e:
+            raise HTTPException(404, str(e)) from e
+        except LifecycleConflict as e:
+            raise HTTPException(409, str(e)) from e
 
     @app.get(
         "/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response,

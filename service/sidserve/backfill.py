@@ -18,6 +18,9 @@ version), so a backfilled SID is exactly what `POST /v1/items` would have stored
   batch is written twice, which is harmless (a write of the same SID is a no-op). The checkpoint
   records the corpus' shape and a hash of the IDs file, so a checkpoint never applies to another
   corpus. `--restart` ignores it. `--max-batches` stops after that many batches (work in slices).
+- Model lifecycle: a retired model version (sidserve.versions) is refused, since its keys are being
+  (or were) deleted; `--collision-index` must match the service's SIDSERVE_COLLISION_INDEX (the
+  version's stored layout says which; a mismatch is refused).
 """
 
 from __future__ import annotations
@@ -36,11 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from redis.exceptions import RedisError
 
 from . import storage
 from .model import BundleError, SidModel
 from .settings import Settings
-from .storage import SidStore, StorageUnavailable
+from .storage import LayoutMismatch, SidStore, StorageUnavailable
 
 
 class BackfillError(Exception):
@@ -188,6 +192,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-cluster", action=argparse.BooleanOptionalAction, default=defaults.redis_cluster,
                    help="--redis-url names a Redis Cluster node [SIDSERVE_REDIS_CLUSTER]")  # fmt: skip
     p.add_argument("--key-prefix", default=defaults.key_prefix, help="[SIDSERVE_KEY_PREFIX]")
+    p.add_argument("--collision-index", action=argparse.BooleanOptionalAction, default=defaults.collision_index,
+                   help="also assign each item its collision index k [SIDSERVE_COLLISION_INDEX]")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=16_384, help="rows per encoder run and Redis write")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="encoder threads")
     p.add_argument("--checkpoint", type=Path, default=None,
@@ -216,7 +222,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         # again when the run resumes (the same values: idempotent)
         redis = storage.connect(args.redis_url, 5.0, 60.0, 4, cluster=args.redis_cluster)
         try:
-            store = SidStore(redis, model.version, model.levels, model.codebook_size, args.key_prefix)
+            try:
+                retired = await redis.hexists(storage.lifecycle_key(args.key_prefix), f"retired:{model.version}")
+            except RedisError as e:
+                raise StorageUnavailable("backfill", e) from e
+            if retired:
+                raise BackfillError(f"model version {model.version} is retired (GET /v1/models): its keys are deleted")
+            store = SidStore(
+                redis, model.version, model.levels, model.codebook_size, args.key_prefix,
+                collision_index=args.collision_index,
+            )  # fmt: skip
             return await run_backfill(
                 model, store, corpus, checkpoint, batch_size=args.batch_size, threads=args.threads,
                 max_batches=args.max_batches, start=0 if args.restart else None, progress=not args.no_progress,
@@ -226,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         result = asyncio.run(go())
-    except BackfillError as e:
+    except (BackfillError, LayoutMismatch) as e:
         raise SystemExit(f"sidserve-backfill: {e}") from None
     except StorageUnavailable as e:
         raise SystemExit(f"sidserve-backfill: {e}; re-run the same command to resume from {path}") from None

@@ -67,14 +67,20 @@ class BitPacker:
 
     Code l (0-based) of an item occupies bits [l*b, (l+1)*b) of the value read as one
     little-endian integer; the unused high bits of the last byte are 0.
+
+    `index_bytes` > 0 appends an item's collision index (TIGER's disambiguating token) as that
+    many little-endian bytes after the codes: `width` is then code_width + index_bytes, `pack`
+    leaves the index 0 (Redis fills it in) and `unpack` ignores it (`unpack_index` reads it).
     """
 
-    def __init__(self, levels: int, codebook_size: int) -> None:
+    def __init__(self, levels: int, codebook_size: int, index_bytes: int = 0) -> None:
         self.levels = levels
         self.bits = code_bits(codebook_size)
         if self.bits > 32:
             raise ValueError(f"codebook_size {codebook_size} does not fit in 32 bits")
-        self.width = (levels * self.bits + 7) // 8
+        self.code_width = (levels * self.bits + 7) // 8
+        self.index_bytes = index_bytes
+        self.width = self.code_width + index_bytes
         # Code l starts at bit l*b: byte l*b // 8, shift l*b % 8; 8 bytes from there hold it (b <= 32).
         offsets = np.arange(levels) * self.bits
         self._gather = (offsets // 8)[:, None] + np.arange(8)  # [L, 8] byte indices
@@ -99,6 +105,13 @@ class BitPacker:
         padded[:, : self.width] = np.frombuffer(blob, dtype=np.uint8).reshape(count, self.width)
         words = np.ascontiguousarray(padded[:, self._gather]).view("<u8")[:, :, 0]  # [count, L]: 8 bytes from each code's start
         return ((words >> self._shift) & self._mask).astype(np.int64)
+
+    def unpack_index(self, blob: bytes, count: int) -> np.ndarray:
+        """count * width bytes -> int64 [count]: each value's collision index."""
+        values = np.frombuffer(blob, dtype=np.uint8).reshape(count, self.width)
+        padded = np.zeros((count, 8), dtype=np.uint8)
+        padded[:, : self.index_bytes] = values[:, self.code_width :]
+        return padded.view("<u8")[:, 0].astype(np.int64)
 
 
 # --- the binary embeddings body of POST /v1/items/batch --------------------------------------------

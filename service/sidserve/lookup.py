@@ -39,12 +39,14 @@ from .storage import SidStore
 
 @dataclass(frozen=True)
 class Lookup:
-    """Aligned with the requested IDs: codes int64 [n, L], rows int64 [n, num_tokens], known bool [n].
-    Unknown items have codes 0 and rows 0 (the reserved row)."""
+    """Aligned with the requested IDs: codes int64 [n, L], rows int64 [n, num_tokens], known bool [n],
+    and with the collision index (SIDSERVE_COLLISION_INDEX) each item's k int64 [n], else None.
+    Unknown items have codes 0, rows 0 (the reserved row) and k 0."""
 
     codes: np.ndarray
     rows: np.ndarray
     known: np.ndarray
+    index: np.ndarray | None = None
 
 
 class FeatureLookup:
@@ -58,8 +60,9 @@ class FeatureLookup:
         self.ttl_s, self.max_items = ttl_s, max_items
         self._on_lookup = on_lookup  # called with (cache hits, cache misses) per fetch
         self._clock = clock
-        self._levels = store.levels
-        self._row_values = store.levels + features.num_tokens
+        self._levels, self._tokens = store.levels, features.num_tokens
+        self._indexed = store.collision_index  # then k is read, cached and served too
+        self._row_values = store.levels + features.num_tokens + (1 if self._indexed else 0)
         self._absent = bytes(8 * self._row_values)  # an unknown item's row: codes 0, rows 0
         self._young: dict[str, bytes] = {}
         self._old: dict[str, bytes] = {}
@@ -73,8 +76,8 @@ class FeatureLookup:
     async def fetch(self, item_ids: Sequence[str]) -> Lookup:
         """Each ID's SID and rows, in request order (a repeated ID is answered at each position)."""
         if self.ttl_s <= 0:
-            codes, known = await self.store.read(item_ids)
-            return Lookup(codes, feature_rows(codes, self.features, known), known)
+            codes, known, index = await self._read(item_ids)
+            return Lookup(codes, feature_rows(codes, self.features, known), known, index)
         self._rotate_if_due()
         young, old = self._young, self._old
         entries: list[bytes | None] = list(map(young.get, item_ids))
@@ -90,9 +93,10 @@ class FeatureLookup:
         known = np.ones(len(item_ids), dtype=bool)
         if missing:
             writes = self._writes
-            codes, found = await self.store.read([item_ids[i] for i in missing])
+            codes, found, index = await self._read([item_ids[i] for i in missing])
             cache = young if writes == self._writes else {}  # else Redis may have answered before the write
-            fetched = np.concatenate([codes, feature_rows(codes, self.features, found)], axis=1).tobytes()
+            columns = [codes, feature_rows(codes, self.features, found)] + ([index[:, None]] if index is not None else [])
+            fetched = np.concatenate(columns, axis=1).tobytes()
             width = len(self._absent)
             # Into the generation that was young when Redis was asked: a rotation during the
             # await must not extend the entry's life beyond ttl_s.
@@ -106,8 +110,15 @@ class FeatureLookup:
         table = np.frombuffer(b"".join([e if e is not None else absent for e in entries]), dtype=np.int64)
         table = table.reshape(len(item_ids), self._row_values)
         # Contiguous copies: orjson serializes only C-contiguous arrays.
-        levels = self._levels
-        return Lookup(np.ascontiguousarray(table[:, :levels]), np.ascontiguousarray(table[:, levels:]), known)
+        levels, end = self._levels, self._levels + self._tokens
+        index = np.ascontiguousarray(table[:, end]) if self._indexed else None
+        return Lookup(np.ascontiguousarray(table[:, :levels]), np.ascontiguousarray(table[:, levels:end]), known, index)
+
+    async def _read(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        if self._indexed:
+            return await self.store.read_indexed(item_ids)
+        codes, known = await self.store.read(item_ids)
+        return codes, known, None
 
     def forget(self, item_ids: Sequence[str]) -> None:
         """Drop entries of items this process just wrote: its readers see its own writes at once."""

@@ -50,8 +50,22 @@ class Metrics:
             ["result"], registry=r,
         )  # fmt: skip
         self.model_info = Gauge(
-            "sidserve_model_info", "1 for the loaded model bundle.",
+            "sidserve_model_info", "1 for each loaded model bundle (0 once retired).",
             ["model_version", "levels", "codebook_size"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.active_model = Gauge(
+            "sidserve_active_model_info", "1 for the model version served when a request names none.",
+            ["model_version"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.retired_keys = Counter(
+            "sidserve_retired_keys_deleted_total", "Redis keys deleted by retiring a model version.",
+            ["model_version"], registry=r,
+        )  # fmt: skip
+        self.collision_index = Counter(
+            "sidserve_collision_index_assigned_total",
+            "Collision indexes k assigned to uploaded items (created, or whose SID changed), by whether "
+            "k > 0 (another item already had the same full SID). Collision rate = the true share.",
+            ["model_version", "collision"], registry=r,
         )  # fmt: skip
 
     def render(self) -> bytes:

@@ -7,6 +7,7 @@ bundle), with the same error shape as pydantic's validation errors.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -45,6 +46,22 @@ Sid = Annotated[
     Field(description="Semantic ID: L codes c_1..c_L, coarse to fine, each in [0, K).", examples=[[17, 201, 3]]),
 ]
 WriteStatus = Literal["created", "updated", "unchanged"]
+# Model versions are the manifests' 16 hex digits; the pattern keeps Redis key patterns and paths safe.
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+ModelVersion = Annotated[
+    str,
+    StringConstraints(pattern=f"^{VERSION_PATTERN.pattern}$"),
+    Field(description="A model version (a bundle manifest's model_version).", examples=["92ee1ceefae7e2ca"]),
+]
+CollisionIndex = Annotated[
+    int,
+    Field(
+        ge=0,
+        description="TIGER's collision index k (SIDSERVE_COLLISION_INDEX): 0, 1, 2... in the order items got "
+        "this full SID under this model version; unique among the items sharing it, kept while the item's "
+        "SID is unchanged.",
+    ),
+]
 
 
 class ItemIn(BaseModel):
@@ -69,12 +86,29 @@ class ItemBatchIn(BaseModel):
     )
 
 
+class VersionSidOut(BaseModel):
+    model_version: str = Field(description="A loaded model version other than the active one.")
+    sid: Sid
+    status: WriteStatus = Field(description="What the upload did under this version (as `status`).")
+    collision_index: CollisionIndex | None = Field(
+        default=None, description="k under this version; present only with SIDSERVE_COLLISION_INDEX."
+    )
+
+
 class ItemOut(BaseModel):
     item_id: ItemId
     sid: Sid
-    model_version: str = Field(description="Version (weights hash) of the model that computed the SID.")
+    model_version: str = Field(description="Version (weights hash) of the model that computed the SID: the active one.")
     status: WriteStatus = Field(
         description="created: new item; updated: its SID changed; unchanged: same SID was already stored."
+    )
+    collision_index: CollisionIndex | None = Field(
+        default=None, description="The item's k; present only with SIDSERVE_COLLISION_INDEX."
+    )
+    other_versions: list[VersionSidOut] | None = Field(
+        default=None,
+        description="The item as stored under each other loaded model version (an upload writes all of "
+        "them); present only while several versions are loaded.",
     )
 
 
@@ -86,7 +120,10 @@ class ItemBatchOut(BaseModel):
 class ItemRead(BaseModel):
     item_id: ItemId
     sid: Sid
-    model_version: str = Field(description="Version of the model that computed the SID (the loaded one).")
+    model_version: str = Field(description="Version of the model that computed the SID (the requested or active one).")
+    collision_index: CollisionIndex | None = Field(
+        default=None, description="The item's k; present only with SIDSERVE_COLLISION_INDEX."
+    )
 
 
 class FeaturesIn(BaseModel):
@@ -100,6 +137,10 @@ class FeaturesIn(BaseModel):
         default_factory=list,
         max_length=MAX_HISTORY,
         description=f"Up to {MAX_HISTORY} item IDs of the user's watch history.",
+    )
+    version: ModelVersion | None = Field(
+        default=None,
+        description="Serve the SIDs of this loaded model version (GET /v1/models); default: the active one.",
     )
 
     @field_validator("candidates", "history")
@@ -135,10 +176,15 @@ class FeatureBlock(BaseModel):
     known: list[bool] = Field(description="False where the item has no SID stored (rows are then all 0).")
     sids: list[Sid | None] = Field(description="Each item's SID, null when unknown.")
     rows: list[list[int]] = Field(description="Each item's num_tokens embedding-table rows, in [0, H).")
+    collision_index: list[CollisionIndex | None] | None = Field(
+        default=None,
+        description="Each item's collision index k (TIGER's extra token), null when unknown; present only "
+        "with SIDSERVE_COLLISION_INDEX.",
+    )
 
 
 class FeaturesOut(BaseModel):
-    model_version: str = Field(description="Version of the model whose SIDs are served.")
+    model_version: str = Field(description="Version of the model whose SIDs are served (requested, or the active one).")
     feature_config: FeatureConfigOut
     candidates: FeatureBlock
     history: FeatureBlock
@@ -160,9 +206,53 @@ class ReadyOut(BaseModel):
     """What this instance serves: check D before uploading, and the feature config against your tables."""
 
     status: Literal["ready"] = Field(description="Always `ready` in a 200 answer.")
-    model_version: str = Field(description="Version (weights hash) of the loaded model bundle.")
+    model_version: str = Field(description="Version (weights hash) of the active model bundle, served by default.")
     method: str = Field(description="How the bundle's quantizer was trained (rqvae, rqkmeans).")
     input_dim: int = Field(description="D: floats per embedding the model expects.")
     levels: int = Field(description="L: codes per SID.")
     codebook_size: int = Field(description="K: codes per level.")
     feature_config: FeatureConfigOut
+    loaded_versions: list[str] = Field(description="Every model version this instance serves (GET /v1/models).")
+    active_version_in_redis: str | None = Field(
+        description="The active version shared by all replicas; differs from model_version while this "
+        "instance has not loaded it (see warnings)."
+    )
+    collision_index: bool = Field(description="Whether items carry a collision index (SIDSERVE_COLLISION_INDEX).")
+    warnings: list[str] = Field(description="Lifecycle problems this instance still serves through.")
+
+
+class ActiveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: ModelVersion = Field(description="A model version loaded on this instance (and, for a clean "
+                                  "switch, on every replica) and not retired.")  # fmt: skip
+
+
+class ModelOut(BaseModel):
+    model_version: str = Field(description="Version (weights hash) of a loaded bundle.")
+    active: bool = Field(description="Served when a request names no version.")
+    method: str = Field(description="How the bundle's quantizer was trained (rqvae, rqkmeans).")
+    input_dim: int = Field(description="D: floats per embedding.")
+    levels: int = Field(description="L: codes per SID.")
+    codebook_size: int = Field(description="K: codes per level.")
+
+
+class RetirementOut(BaseModel):
+    model_version: str = Field(description="The retired version: no longer served or written.")
+    state: Literal["draining", "deleting", "done", "failed"] | None = Field(
+        description="draining: waiting until no replica writes it; deleting: its keys are being UNLINKed; "
+        "done; failed (see error; retire it again to resume)."
+    )
+    keys_deleted: int | None = Field(description="Redis keys deleted so far.")
+    requested_at: str | None = Field(description="When the retirement was (last) requested, ISO 8601 UTC.")
+    updated_at: str | None = Field(description="Last progress report, ISO 8601 UTC.")
+    error: str | None = Field(description="The last error met, if any (Redis errors are retried).")
+
+
+class ModelsOut(BaseModel):
+    active_version: str | None = Field(description="What this instance serves when a request names no version.")
+    active_version_in_redis: str | None = Field(description="The active version shared by all replicas.")
+    collision_index: bool = Field(description="Whether items carry a collision index (SIDSERVE_COLLISION_INDEX).")
+    models: list[ModelOut] = Field(description="Versions loaded here and not retired, in configured order.")
+    retired: list[RetirementOut] = Field(description="Retired versions and their deletion progress.")
+    warnings: list[str] = Field(description="Lifecycle problems this instance still serves through.")

@@ -7,11 +7,12 @@ Every field below is one variable: `bundle` is `SIDSERVE_BUNDLE`, `redis_url` is
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .features import Parameterization
 
@@ -24,8 +25,35 @@ class Settings(BaseSettings):
     # Model
     bundle: Path | None = Field(
         default=None,
-        description="Model bundle directory (encoder.onnx + manifest.json). Unset: the service "
-        "starts but is not ready and answers item/feature calls with 503.",
+        description="Model bundle directory (encoder.onnx + manifest.json). Unset (and no bundles): the "
+        "service starts but is not ready and answers item/feature calls with 503.",
+    )
+    bundles: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="More model bundles to load at once, comma-separated paths or a JSON list; each keeps "
+        "its SIDs under its own model version, and uploads write every loaded version. The first bundle "
+        "(`bundle` if set, then these) is the default active version until one is recorded in Redis. "
+        "All must take the same input_dim.",
+    )
+    active_refresh_s: PositiveFloat = Field(
+        default=1.0,
+        description="How often each process re-reads the active model version (and retirements) from Redis, "
+        "in the background: a switch reaches every replica within about this long. Keep it equal on all "
+        "replicas (a retirement waits 2 x this + redis_socket_timeout before deleting).",
+    )
+    retire_batch_keys: int = Field(
+        default=500, ge=1, le=100_000,
+        description="Retiring a version: SCAN COUNT per call, and so about how many keys each UNLINK removes.",
+    )  # fmt: skip
+    retire_pause_s: NonNegativeFloat = Field(
+        default=0.01, description="Retiring a version: pause after each SCAN call, to leave Redis to the requests."
+    )
+    collision_index: bool = Field(
+        default=False,
+        description="TIGER's collision index: each item also gets k = 0, 1, 2... among the items sharing its "
+        "full SID (an atomic Redis counter per SID; stable while the item's SID is unchanged), served beside "
+        "the SID. Widens stored values by 4 bytes; must match what a model version was first written with. "
+        "Reads that return k always ask Redis (the SID cache is not used for them).",
     )
     onnx_intra_op_threads: PositiveInt = Field(
         default=1,
@@ -35,6 +63,21 @@ class Settings(BaseSettings):
         default=False,
         description="Let onnxruntime threads spin-wait between runs (lower latency, burns idle CPU).",
     )
+
+    @field_validator("bundles", mode="before")
+    @classmethod
+    def _split_bundles(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @property
+    def bundle_paths(self) -> list[Path]:
+        """Every bundle to load, in order: `bundle` first, then `bundles`."""
+        return ([self.bundle] if self.bundle is not None else []) + list(self.bundles)
 
     # Redis
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis connection URL.")

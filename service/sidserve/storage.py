@@ -69,9 +69,24 @@ path. More groups spread a version over more slots but cost more calls per reque
 count is part of the key names, so changing it means rewriting the keys.
 
 The model version is in every key, so SIDs of two models never mix: a new model writes new
-buckets and the old ones can be deleted by pattern `<prefix>:{<old_version>:*` (with SCAN, by an
-operator; the service itself never scans). The layout key records bucket_bits: a process whose
-setting differs adopts the stored value (and logs it), so it still finds the items.
+buckets, and a retired one's are deleted by pattern `<prefix>:{<old_version>:*` with SCAN + UNLINK
+in small slices (`delete_version_keys`, run in the background by sidserve.versions; no request
+ever scans). The layout key records bucket_bits: a process whose setting differs adopts the
+stored value (and logs it), so it still finds the items.
+
+Collision index (SIDSERVE_COLLISION_INDEX, off by default; TIGER's disambiguating token): each
+value is followed by k, uint32 little-endian (INDEX_BYTES: 4 more bytes per item, recorded as
+`index_bytes=4` in the layout key; without the option values and layout are unchanged), and per
+SID a counter holds the next k, in "counter buckets" `<prefix>:{<version>:<group>}k<bucket>`
+(a hash per bucket of h1(packed codes): field = the packed codes, value = next k; ~64 SIDs each,
+listpacks like the item buckets). An item stored with the same SID keeps its k (re-sends are
+stable); a new item, or one whose SID changed, takes its SID counter's next k. On a single Redis
+that is one atomic Function call (write_indexed, with the counter keys), so k's of a SID are
+0, 1, 2... without gaps, in the order Redis applied the writes (an item leaving a SID leaves a
+hole: k's are never reused). On a cluster the counter of a SID is not in its items' slots, so
+_write_indexed_groups draws k's first (HINCRBY, one call per counter group) and writes second:
+k's stay unique per SID, but a draw that loses a race or a failure between the steps leaves an
+unused k (a gap).
 
 Nothing outside this module builds keys or decodes values (codec.py holds the byte encodings).
 """
@@ -81,12 +96,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
@@ -156,8 +171,83 @@ local function write(keys, args)
   return table.concat(status)
 end
 
+-- Collision index (SIDSERVE_COLLISION_INDEX): a value is the packed codes (w - 4 bytes), then k,
+-- the item's collision index, uint32 little-endian. A counter bucket maps packed codes to the
+-- next k of that SID (keys in the same {{version:group}} tag as the buckets).
+local function le32(k)
+  return string.char(k % 256, math.floor(k / 256) % 256, math.floor(k / 65536) % 256, math.floor(k / 16777216))
+end
+
+-- KEYS: the bucket of each of the n items, then (single Redis) the counter bucket of each item's
+-- SID; ARGV: fingerprints, values (w bytes each: codes, then a k used only without counter
+-- keys), f, w. An item whose stored codes equal the new ones keeps its value and k ('n'); any
+-- other gets the SID counter's next k (or the k given) and 'c' / 'u'. Returns {{statuses, each
+-- item's k (4 bytes)}}. All or nothing like write: the first pass only reads, the second writes.
+local function write_indexed(keys, args)
+  local fields, values, f, w = args[1], args[2], tonumber(args[3]), tonumber(args[4])
+  local sub, cw, n = string.sub, w - 4, #fields / f
+  local counters = #keys == 2 * n
+  if (#keys ~= n and not counters) or #values ~= n * w then
+    return redis.error_reply('ERR sidserve: arguments do not match ' .. #keys .. ' keys')
+  end
+  local status, out, pending, next_k, drawn_by = {{}}, {{}}, {{}}, {{}}, {{}}
+  for i = 1, n do
+    local field = sub(fields, i * f - f + 1, i * f)
+    local new = sub(values, i * w - w + 1, i * w)
+    local codes = sub(new, 1, cw)
+    local slot = keys[i] .. '\\n' .. field
+    local old = pending[slot]
+    if old == nil then old = redis.call('HGET', keys[i], field) end
+    if old and #old ~= w then
+      return redis.error_reply('ERR sidserve: ' .. #old .. '-byte value in ' .. keys[i] .. ', expected ' .. w)
+    end
+    if old and sub(old, 1, cw) == codes then
+      status[i], out[i] = 'n', old
+    else
+      if old then status[i] = 'u' else status[i] = 'c' end
+      if counters then
+        local counter = keys[n + i] .. '\\n' .. codes
+        local k = next_k[counter]
+        if k == nil then k = tonumber(redis.call('HGET', keys[n + i], codes) or 0) end
+        if k >= 4294967296 then return redis.error_reply('ERR sidserve: collision index overflow') end
+        next_k[counter], drawn_by[counter] = k + 1, i
+        new = codes .. le32(k)
+      end
+      out[i] = new
+    end
+    pending[slot] = out[i]
+  end
+  local ks = {{}}
+  for i = 1, n do
+    if status[i] ~= 'n' then redis.call('HSET', keys[i], sub(fields, i * f - f + 1, i * f), out[i]) end
+    ks[i] = sub(out[i], cw + 1, w)
+  end
+  for counter, i in pairs(drawn_by) do
+    redis.call('HSET', keys[n + i], sub(out[i], 1, cw), string.format('%d', next_k[counter]))
+  end
+  return {{table.concat(status), table.concat(ks)}}
+end
+
+-- KEYS: the counter bucket of each SID (one slot); ARGV: the SIDs' packed codes (cw bytes each),
+-- cw. Draws each SID's next k (HINCRBY: no two calls get the same k). Returns the k's, 4 bytes each.
+local function draw(keys, args)
+  local codes, cw = args[1], tonumber(args[2])
+  if #codes ~= #keys * cw then
+    return redis.error_reply('ERR sidserve: arguments do not match ' .. #keys .. ' keys')
+  end
+  local ks = {{}}
+  for i = 1, #keys do
+    local k = redis.call('HINCRBY', keys[i], string.sub(codes, i * cw - cw + 1, i * cw), 1) - 1
+    if k >= 4294967296 then return redis.error_reply('ERR sidserve: collision index overflow') end
+    ks[i] = le32(k)
+  end
+  return table.concat(ks)
+end
+
 redis.register_function{{function_name='sidserve_read_{tag}', callback=read, flags={{'no-writes'}}}}
 redis.register_function('sidserve_write_{tag}', write)
+redis.register_function('sidserve_write_indexed_{tag}', write_indexed)
+redis.register_function('sidserve_draw_{tag}', draw)
 """
 # The library is named after its code: a changed script loads beside the old one (rolling
 # deploys), and loading the same code twice is a no-op.
@@ -165,6 +255,9 @@ LIBRARY_TAG = hashlib.sha256(_LIBRARY_TEMPLATE.encode()).hexdigest()[:12]
 LIBRARY_CODE = _LIBRARY_TEMPLATE.format(tag=LIBRARY_TAG)
 READ_FUNCTION = f"sidserve_read_{LIBRARY_TAG}"
 WRITE_FUNCTION = f"sidserve_write_{LIBRARY_TAG}"
+WRITE_INDEXED_FUNCTION = f"sidserve_write_indexed_{LIBRARY_TAG}"
+DRAW_FUNCTION = f"sidserve_draw_{LIBRARY_TAG}"
+INDEX_BYTES = 4  # collision index k: uint32 little-endian after the codes (SIDSERVE_COLLISION_INDEX)
 
 _STATUS: dict[int, WriteStatus] = {ord("c"): "created", ord("u"): "updated", ord("n"): "unchanged"}
 
@@ -290,7 +383,7 @@ class SidStore:
 
     def __init__(
         self, redis: Redis, model_version: str, levels: int, codebook_size: int, prefix: str = "sid",
-        bucket_bits: int = DEFAULT_BUCKET_BITS,
+        bucket_bits: int = DEFAULT_BUCKET_BITS, collision_index: bool = False,
     ) -> None:  # fmt: skip
         if not 1 <= bucket_bits <= 32:
             raise ValueError(f"bucket_bits must be in [1, 32], got {bucket_bits}")
@@ -298,10 +391,12 @@ class SidStore:
         self._cluster = isinstance(redis, RedisCluster)  # per-group calls (see "Redis Cluster" above)
         self.levels = levels
         self.model_version = model_version
-        self.packer = BitPacker(levels, codebook_size)
+        # With the collision index a value is the codes then k (see "Collision index" above).
+        self.collision_index = collision_index
+        self.packer = BitPacker(levels, codebook_size, INDEX_BYTES if collision_index else 0)
         self._prefix = prefix
         self._hash = IdHasher()
-        self._meta_key = f"{prefix}:{model_version}:layout".encode()
+        self._meta_key = layout_key(prefix, model_version)
         self._prepared = False
         self._use_bucket_bits(bucket_bits)
 
@@ -318,10 +413,15 @@ class SidStore:
     def bucket_key(self, bucket: int) -> bytes:
         return f"{self._prefix}:{{{self.model_version}:{bucket % self._groups:x}}}{bucket:x}".encode()
 
+    def counter_key(self, bucket: int) -> bytes:
+        """A counter bucket of the collision index: 'k' keeps it apart from the (hex) item buckets."""
+        return f"{self._prefix}:{{{self.model_version}:{bucket % self._groups:x}}}k{bucket:x}".encode()
+
     @property
     def layout(self) -> str:
-        # The value width follows from the model version's L and K; the read checks it.
-        return f"{LAYOUT} bucket_bits={self.bucket_bits} group_bits={GROUP_BITS} fingerprint_bytes={FINGERPRINT_BYTES}"
+        # The value width follows from the model version's L and K (plus k's bytes); the read checks it.
+        layout = f"{LAYOUT} bucket_bits={self.bucket_bits} group_bits={GROUP_BITS} fingerprint_bytes={FINGERPRINT_BYTES}"
+        return layout + (f" index_bytes={INDEX_BYTES}" if self.collision_index else "")
 
     def _buckets(self, item_ids: Sequence[str]) -> tuple[list[int], bytes]:
         h = self._hash(item_ids)
@@ -392,7 +492,10 @@ class SidStore:
             k: v for k, v in ours.items() if k != "bucket_bits"
         }
         if not stored.startswith(LAYOUT + " ") or not same_except_bits or not fields.get("bucket_bits", "").isdigit():
-            raise LayoutMismatch(f"{self._meta_key.decode()} says {stored!r}; this service writes {self.layout!r}")
+            raise LayoutMismatch(
+                f"{self._meta_key.decode()} says {stored!r}; this service writes {self.layout!r} "
+                "(index_bytes comes from SIDSERVE_COLLISION_INDEX, which must match what the version was written with)"
+            )
         log.warning(
             "model %s is stored with bucket_bits=%s, not the configured %d: using the stored value",
             self.model_version, fields["bucket_bits"], self.bucket_bits,
@@ -518,6 +621,8 @@ class SidStore:
 
         An ID repeated in the batch is written in order: the last occurrence wins.
         """
+        if self.collision_index:
+            return (await self.write_indexed(item_ids, codes))[0]
         if len(item_ids) != len(codes):
             raise ValueError(f"{len(item_ids)} IDs but {len(codes)} SIDs")
         if not item_ids:
@@ -532,6 +637,98 @@ class SidStore:
                 "write", WRITE_FUNCTION, len(item_ids), keys, (fields, values, FINGERPRINT_BYTES, self.packer.width)
             )
         return [_STATUS[s] for s in statuses]
+
+    # --- collision index (SIDSERVE_COLLISION_INDEX; "Collision index" above) ---------------------
+    def _counter_buckets(self, code_rows: np.ndarray) -> list[int]:
+        """The counter bucket of each SID: top bucket_bits of h1 over its packed codes (as latin-1 text)."""
+        sids = [row.tobytes().decode("latin-1") for row in code_rows]
+        return (self._hash(sids)[:, 0] >> self._shift).tolist()
+
+    async def write_indexed(self, item_ids: Sequence[str], codes: np.ndarray) -> tuple[list[WriteStatus], np.ndarray]:
+        """write() with the collision index: (statuses, each item's k int64 [n]).
+
+        An item stored with the same SID keeps its k (unchanged); any other item gets the next k of
+        its SID's counter. Single Redis: one atomic call, as write(). Cluster: see _write_indexed_groups.
+        """
+        if not self.collision_index:
+            raise RuntimeError("this store was opened without the collision index")
+        if len(item_ids) != len(codes):
+            raise ValueError(f"{len(item_ids)} IDs but {len(codes)} SIDs")
+        if not item_ids:
+            return [], np.zeros(0, dtype=np.int64)
+        await self._ensure_prepared("write")
+        n, cw = len(item_ids), self.packer.code_width
+        values = np.frombuffer(self.packer.pack(codes), dtype=np.uint8).reshape(n, self.packer.width)
+        if self._cluster:
+            statuses, ks = await self._write_indexed_groups(item_ids, values)
+        else:
+            keys, fields = self.locate(item_ids)
+            counters = list(map(self.counter_key, self._counter_buckets(values[:, :cw])))
+            statuses, ks = await self._fcall(
+                "write", WRITE_INDEXED_FUNCTION, 2 * n, keys + counters,
+                (fields, values.tobytes(), FINGERPRINT_BYTES, self.packer.width),
+            )  # fmt: skip
+        return [_STATUS[s] for s in statuses], np.frombuffer(ks, dtype="<u4").astype(np.int64)
+
+    async def _write_indexed_groups(self, item_ids: Sequence[str], values: np.ndarray) -> tuple[bytes, bytes]:
+        """write_indexed on a cluster, where a SID's counter is not in its items' slots, in three steps:
+        1. read the items (one FCALL_RO per group): those already stored with the same SID keep their k;
+        2. draw a k for each other (item, SID) from the SID's counter (one FCALL per counter group, HINCRBY);
+        3. write them (one FCALL per group), again keeping a value whose SID is already stored
+           (a concurrent writer got there first: the k drawn in step 2 is then left unused).
+        Each k comes from one HINCRBY, so no two items of a SID ever hold the same k; k's lost in
+        step 3 or by a failure after step 2 leave gaps. Each step is atomic per group only."""
+        n, f, w, cw = len(item_ids), FINGERPRINT_BYTES, self.packer.width, self.packer.code_width
+        stored, found = await self._read_groups(item_ids)
+        old = np.frombuffer(stored, dtype=np.uint8).reshape(n, w)
+        same = (np.frombuffer(found, dtype=np.uint8) == ord("1")) & (old[:, :cw] == values[:, :cw]).all(axis=1)
+        values = values.copy()
+        values[same, cw:] = old[same, cw:]
+        # One draw per (item, SID): a repeated ID in the batch keeps its first occurrence's k.
+        todo = np.flatnonzero(~same)
+        first: dict[tuple[str, bytes], int] = {}
+        owner = [first.setdefault((item_ids[i], values[i, :cw].tobytes()), i) for i in todo.tolist()]
+        heads = np.array(sorted(first.values()), dtype=np.int64)
+        if heads.size:
+            values[heads, cw:] = await self._draw_groups(values[heads, :cw])
+            values[todo, cw:] = values[owner, cw:]
+        keys, fields, parts = self._group_parts(item_ids)
+        fp = np.frombuffer(fields, dtype=np.uint8).reshape(n, f)
+        replies = await self._fcall_groups(
+            "write", WRITE_INDEXED_FUNCTION, parts,
+            lambda idx: [len(idx), *map(keys.__getitem__, idx.tolist()), fp[idx].tobytes(), values[idx].tobytes(), f, w],
+        )  # fmt: skip
+        statuses, ks = np.empty(n, dtype=np.uint8), np.empty((n, INDEX_BYTES), dtype=np.uint8)
+        for idx, (status, k) in zip(parts, replies, strict=True):
+            statuses[idx] = np.frombuffer(status, dtype=np.uint8)
+            ks[idx] = np.frombuffer(k, dtype=np.uint8).reshape(len(idx), INDEX_BYTES)
+        return statuses.tobytes(), ks.tobytes()
+
+    async def _draw_groups(self, code_rows: np.ndarray) -> np.ndarray:
+        """The next k of each SID ([m, code_width] packed codes) as uint8 [m, INDEX_BYTES]: one
+        draw call per counter group, pipelined per node."""
+        buckets = self._counter_buckets(code_rows)
+        keys = list(map(self.counter_key, buckets))
+        groups = np.asarray(buckets, dtype=np.int64) % self._groups
+        order = np.argsort(groups, kind="stable")
+        parts = np.split(order, np.flatnonzero(np.diff(groups[order])) + 1)
+        replies = await self._fcall_groups(
+            "write", DRAW_FUNCTION, parts,
+            lambda idx: [len(idx), *map(keys.__getitem__, idx.tolist()), code_rows[idx].tobytes(), code_rows.shape[1]],
+        )  # fmt: skip
+        ks = np.empty((len(code_rows), INDEX_BYTES), dtype=np.uint8)
+        for idx, reply in zip(parts, replies, strict=True):
+            ks[idx] = np.frombuffer(reply, dtype=np.uint8).reshape(len(idx), INDEX_BYTES)
+        return ks
+
+    async def read_indexed(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """read() plus each item's collision index (int64 [n], 0 where unknown)."""
+        n = len(item_ids)
+        if not n:
+            return np.zeros((0, self.levels), dtype=np.int64), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
+        values, found = await self._read_raw(item_ids)
+        known = np.frombuffer(found, dtype=np.uint8) == ord("1")
+        return self.packer.unpack(values, n), known, self.packer.unpack_index(values, n)
 
     async def _read_raw(self, item_ids: Sequence[str]) -> tuple[bytes, bytes]:
         """(values, found) as the read function answers them: one round trip."""
@@ -556,3 +753,70 @@ class SidStore:
             return np.zeros((0, self.levels), dtype=np.int64), np.zeros(0, dtype=bool)
         values, found = await self._read_raw(item_ids)
         return self.packer.unpack(values, n), np.frombuffer(found, dtype=np.uint8) == ord("1")
+
+
+# --- model lifecycle: keys outside a version's buckets, and deleting a retired version ------------
+def layout_key(prefix: str, model_version: str) -> bytes:
+    return f"{prefix}:{model_version}:layout".encode()
+
+
+def lifecycle_key(prefix: str) -> bytes:
+    """The hash shared by all replicas: field `active` = the active model version, and field
+    `retired:<version>` = the JSON status of each retired version (sidserve.versions)."""
+    return f"{prefix}:models".encode()
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\^" else c for c in text)
+
+
+def version_pattern(prefix: str, model_version: str) -> bytes:
+    """SCAN MATCH pattern of every bucket (and collision counter) of one model version, and of
+    nothing else: other versions and other prefixes differ inside `<prefix>:{<version>:`."""
+    return f"{_glob_escape(prefix)}:{{{_glob_escape(model_version)}:*".encode()
+
+
+async def delete_version_keys(
+    redis: Redis | RedisCluster, prefix: str, model_version: str, batch: int, pause_s: float,
+    on_deleted: Callable[[int], Awaitable[None]],
+) -> int:  # fmt: skip
+    """UNLINK every key of one model version (version_pattern, then its layout key); returns how many.
+
+    SCAN MATCH ... COUNT `batch` walks the keyspace a slice per call (never KEYS: Redis stays
+    responsive), each slice's matches are UNLINKed at once (memory freed off Redis' main thread),
+    then `pause_s` leaves room for other clients; `on_deleted(n)` reports each slice. On a cluster
+    every master is scanned (redis-py sends a cluster UNLINK once per hash slot). Keys written
+    behind the cursor while it runs are not seen: run it again to sweep those (it is idempotent).
+    """
+    pattern = version_pattern(prefix, model_version)
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()
+        scans = [_scan_node(redis, node, pattern, batch, pause_s) for node in redis.get_primaries()]
+    else:
+        scans = [_scan_node(redis, None, pattern, batch, pause_s)]
+    deleted = 0
+    for scan in scans:
+        async for keys in scan:
+            removed = await redis.unlink(*keys)
+            deleted += removed
+            await on_deleted(removed)
+    removed = await redis.unlink(layout_key(prefix, model_version))
+    await on_deleted(removed)
+    return deleted + removed
+
+
+async def _scan_node(
+    redis: Redis | RedisCluster, node: ClusterNode | None, pattern: bytes, batch: int, pause_s: float
+) -> AsyncIterator[list[bytes]]:
+    """The non-empty slices of one SCAN MATCH walk (of one cluster master when `node` is given),
+    pausing pause_s after each SCAN call."""
+    cursor = None
+    while cursor != 0:
+        if node is None:
+            cursor, keys = await redis.scan(cursor or 0, match=pattern, count=batch)
+        else:
+            cursors, keys = await redis.scan(cursor or 0, match=pattern, count=batch, target_nodes=node)
+            cursor = cursors[node.name]
+        if keys:
+            yield keys
+        await asyncio.sleep(pause_s)

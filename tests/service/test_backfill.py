@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 
 from sidserve import storage
 from sidserve.backfill import main as backfill
@@ -107,3 +108,30 @@ def test_backfill_resumes_after_kill_9(sid_bundle: Path, redis_url: str, tmp_pat
     sample = np.random.default_rng(2).choice(len(x), 5000, replace=False)
     codes, known = _stored(sid_bundle, redis_url, prefix, [ids[i] for i in sample])
     assert known.all() and np.array_equal(codes, SidModel.load(sid_bundle).encode(x[sample]))
+
+
+def test_backfill_with_collision_index_refuses_mismatch_and_retired_versions(
+    sid_bundle: Path, sid_bundle_data: tuple[np.ndarray, list[str]], redis_url: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    x, _ = sid_bundle_data
+    embeddings, ids_file, ids = _corpus(tmp_path, np.repeat(x[:1], 50, axis=0))  # one SID, 50 items
+    prefix = f"bf{uuid.uuid4().hex[:6]}"
+    common = ["--bundle", str(sid_bundle), "--embeddings", str(embeddings), "--ids", str(ids_file),
+              "--redis-url", redis_url, "--key-prefix", prefix, "--batch-size", "20", "--no-progress"]  # fmt: skip
+    backfill([*common, "--collision-index"])
+    model = SidModel.load(sid_bundle)
+
+    async def read_k() -> np.ndarray:
+        client = storage.connect(redis_url, 1.0, 10.0, 2)
+        try:
+            store = SidStore(client, model.version, model.levels, model.codebook_size, prefix, collision_index=True)
+            return (await store.read_indexed(ids))[2]
+        finally:
+            await client.aclose()
+
+    assert sorted(asyncio.run(read_k()).tolist()) == list(range(50))
+    with pytest.raises(SystemExit, match="index_bytes"):  # the version was written with k
+        backfill([*common, "--restart"])
+    redis.Redis.from_url(redis_url).hset(f"{prefix}:models", f"retired:{model.version}", "{}")
+    with pytest.raises(SystemExit, match="is retired"):
+        backfill([*common, "--collision-index", "--restart"])

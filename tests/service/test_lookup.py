@@ -135,3 +135,21 @@ def test_size_is_bounded_by_early_rotation(redis_url: str) -> None:
             await store.redis.aclose()
 
     asyncio.run(main())
+
+
+def test_collision_index_is_cached_and_served_beside_the_sid(redis_url: str) -> None:
+    async def main() -> None:
+        ids = _ids(4)
+        store = SidStore(connect(redis_url, 0.25, 0.5, 8), "fedcba9876543210", 3, 16, collision_index=True)
+        same = np.array([[1, 2, 3]] * 3 + [[4, 5, 6]])  # three items share a SID: k = 0, 1, 2
+        _, written_k = await store.write_indexed(ids, same)
+        assert written_k.tolist() == [0, 1, 2, 0]
+        lookup = FeatureLookup(store, FEATURES, 5.0, 1000)
+        for _ in range(2):  # from Redis, then from the cache
+            got = await lookup.fetch(ids + ["never-written"])
+            assert got.index is not None and got.index.tolist() == [0, 1, 2, 0, 0]
+            assert got.known.tolist() == [True] * 4 + [False]
+            assert (got.codes[:4] == same).all() and (got.rows == feature_rows(got.codes, FEATURES, got.known)).all()
+        await store.redis.aclose()
+
+    asyncio.run(main())
