@@ -19,7 +19,6 @@ import json
 import math
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import orjson
