@@ -20,10 +20,12 @@ from .models import (
     ServiceUnavailable,
     SidServeError,
     Unauthorized,
+    VersionWrite,
 )
 
 __all__ = [
     "MAX_BATCH_ITEMS", "AsyncSidServeClient", "RetryPolicy", "SidServeClient",
     "FeatureBlock", "FeatureConfig", "Features", "InvalidRequest", "ItemNotFound", "ItemSid",
     "ItemWrite", "RateLimited", "Readiness", "ServiceUnavailable", "SidServeError", "Unauthorized",
+    "VersionWrite",
 ]  # fmt: skip

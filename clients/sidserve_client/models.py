@@ -51,8 +51,20 @@ class ItemSid:
 
 
 @dataclass(frozen=True)
+class VersionWrite:
+    """The item as an upload wrote it under another loaded model version (the server writes all)."""
+
+    model_version: str
+    sid: Sid
+    status: WriteStatus
+    collision_index: int | None = None
+
+
+@dataclass(frozen=True)
 class ItemWrite(ItemSid):
     status: WriteStatus  # created | updated (SID changed) | unchanged
+    # Under each other loaded model version, while the server has several loaded; else empty.
+    other_versions: tuple[VersionWrite, ...] = field(default=(), kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -130,5 +142,9 @@ def parse_readiness(status: int, body: dict[str, Any]) -> Readiness:
 
 
 def parse_write(body: dict[str, Any]) -> ItemWrite:
+    others = tuple(
+        VersionWrite(o["model_version"], tuple(o["sid"]), o["status"], o.get("collision_index"))
+        for o in body.get("other_versions") or ()
+    )
     return ItemWrite(body["item_id"], tuple(body["sid"]), body["model_version"], body["status"],
-                     collision_index=body.get("collision_index"))  # fmt: skip
+                     collision_index=body.get("collision_index"), other_versions=others)  # fmt: skip

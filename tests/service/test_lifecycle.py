@@ -116,6 +116,11 @@ def test_two_versions_upload_writes_both_and_reads_pick_one(
         assert http.get(f"/v1/items/{ids[5]}").json()["model_version"] == a.version
 
         with SidServeClient(pair.url, api_key=pair.api_key) as client:  # the Python client's version=
+            [written] = client.upsert_items(ids[:1], x[:1])  # re-sent: unchanged under both versions
+            assert (written.model_version, written.sid, written.status) == (a.version, tuple(codes_a[0]), "unchanged")
+            assert [(o.model_version, o.sid, o.status) for o in written.other_versions] == [
+                (b.version, tuple(codes_b[0]), "unchanged")
+            ]
             assert client.features(ids[:3], version=b.version).candidates.sids == [tuple(c) for c in codes_b[:3]]
             assert client.get_item(ids[5], version=b.version).sid == tuple(codes_b[5])
             assert client.get_item(ids[5]).model_version == a.version
