@@ -227,8 +227,9 @@ def _batch_openapi() -> dict[str, Any]:
 async def _upsert(registry: ModelRegistry, metrics: Metrics, ids: list[str], x: np.ndarray) -> list[dict[str, Any]]:
     """Store the items under every loaded version; answer entries as plain dicts (ItemOut's shape)."""
     active, *others = await registry.write(ids, x)
-    for status in set(active.statuses):
-        metrics.items_written.labels(status).inc(active.statuses.count(status))
+    for written in (active, *others):
+        for status in set(written.statuses):
+            metrics.items_written.labels(written.version, status).inc(written.statuses.count(status))
     # Built as plain dicts for orjson: ItemOut models cost ~10 ms per 1,000 items.
     items = _version_entries(active, ids, with_id=True)
     for other in others:

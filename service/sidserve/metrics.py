@@ -39,7 +39,8 @@ class Metrics:
             ["operation"], registry=r,
         )  # fmt: skip
         self.items_written = Counter(
-            "sidserve_items_written_total", "Items stored by item uploads, by outcome.", ["status"], registry=r
+            "sidserve_items_written_total", "Items stored by item uploads, by model version and outcome.",
+            ["model_version", "status"], registry=r,
         )
         self.feature_lookups = Counter(
             "sidserve_feature_lookups_total", "Item IDs answered by /v1/features, by whether a SID was stored.",

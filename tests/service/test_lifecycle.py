@@ -125,6 +125,10 @@ def test_two_versions_upload_writes_both_and_reads_pick_one(
             assert client.get_item(ids[5], version=b.version).sid == tuple(codes_b[5])
             assert client.get_item(ids[5]).model_version == a.version
 
+        metrics = http.get("/metrics").text  # uploads are counted under each version they wrote
+        for version in (a.version, b.version):
+            assert f'sidserve_items_written_total{{model_version="{version}",status="created"}}' in metrics
+
         ready = http.get("/readyz").json()
         assert ready["model_version"] == a.version and ready["loaded_versions"] == [a.version, b.version]
         assert ready["active_version_in_redis"] == a.version and ready["warnings"] == []
