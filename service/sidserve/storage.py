@@ -766,6 +766,11 @@ def lifecycle_key(prefix: str) -> bytes:
     return f"{prefix}:models".encode()
 
 
+def retirement_lease_key(prefix: str, model_version: str) -> bytes:
+    """Held (SET NX EX) by the one process deleting a retired version's keys."""
+    return f"{prefix}:retiring:{model_version}".encode()
+
+
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\^" else c for c in text)
 

@@ -18,7 +18,9 @@ Redis, and retiring a version (README "Model lifecycle").
   writing it at once, the others at their next refresh; the deletion waits 2 refresh intervals +
   the Redis reply timeout (so no replica still writes it), then UNLINKs its keys in small SCAN
   slices (storage.delete_version_keys), writing its progress back to the hash, so every replica's
-  GET /v1/models shows it. A retirement interrupted by a restart is resumed by retiring it again.
+  GET /v1/models shows it. The deleting process holds a lease key; if it dies, its progress stops,
+  and after STALLED_RETIREMENT_S a running replica takes the lease and resumes the deletion
+  (retiring the version again resumes it too).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +54,9 @@ from .storage import SidStore, StorageUnavailable, WriteStatus
 log = logging.getLogger("sidserve")
 
 RETRY_S = 1.0  # a retirement's wait before trying again after a Redis error
+# A retirement whose progress was not written for this long lost its deleting process (crash,
+# restart): a replica takes it over, holding a lease key so that only one does.
+STALLED_RETIREMENT_S = 60.0
 INLINE_ENCODE_MAX_ITEMS = 8  # uploads encoding at most this many items (x versions) skip the threadpool
 
 # One script each, on the one hash key, so the check and the change are atomic (on a cluster too).
@@ -170,6 +178,17 @@ def _retirement(state: str) -> dict[str, Any]:
     return {"state": state, "keys_deleted": 0, "requested_at": now, "updated_at": now, "error": None}
 
 
+def _stalled(record: dict[str, Any]) -> bool:
+    """A retirement still under way whose progress has not been written for STALLED_RETIREMENT_S."""
+    if record.get("state") not in ("draining", "deleting"):
+        return False
+    try:
+        updated = datetime.fromisoformat(record["updated_at"])
+    except (KeyError, TypeError, ValueError):
+        return True
+    return (datetime.now(UTC) - updated).total_seconds() > STALLED_RETIREMENT_S
+
+
 class ModelRegistry:
     """The loaded versions of one process, its active version, and its retirements."""
 
@@ -192,6 +211,8 @@ class ModelRegistry:
         self._redis_active: str | None = None
         self._retired: dict[str, dict[str, Any]] = {}  # from Redis, refreshed
         self._retiring: dict[str, tuple[asyncio.Task[None], dict[str, Any]]] = {}  # this process's deletions
+        self._stalled: list[str] = []  # retirements whose deleting process stopped (see _take_over)
+        self._lease_owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._refresh_error: str | None = None
         self._logged_mismatch: str | None = None
         self._refresher: asyncio.Task[None] | None = None
@@ -262,6 +283,8 @@ class ModelRegistry:
             log.info("reading the active model version from Redis again")
             self._refresh_error = None
         self._apply(state)
+        for version in self._stalled:
+            await self._take_over(version)
 
     def _apply(self, state: dict[bytes, bytes]) -> None:
         retired = {}
@@ -272,6 +295,7 @@ class ModelRegistry:
                 except ValueError:
                     retired[field[8:].decode()] = {"state": "failed", "error": "unreadable status in Redis"}
         self._retired = retired
+        self._stalled = [v for v, r in retired.items() if _stalled(r) and v not in self._retiring]
         for version in [v for v in self._servings if v in retired]:
             log.warning("model %s was retired: no longer served or written by this process", version)
             self._drop(version)
@@ -408,8 +432,20 @@ class ModelRegistry:
         self._retiring[version] = (task, record)
         return record
 
-    async def _delete_keys(self, version: str, record: dict[str, Any]) -> None:
-        if await self._stopping(self._grace_s):
+    async def _take_over(self, version: str) -> None:
+        """Resume a retirement whose deleting process stopped (its progress went stale), unless
+        another replica holds the lease (SET NX, renewed with each progress write)."""
+        lease = storage.retirement_lease_key(self._prefix, version)
+        if not await self._redis.set(lease, self._lease_owner, nx=True, ex=int(STALLED_RETIREMENT_S)):
+            return
+        record = {**self._retired[version], "error": None}
+        log.warning("resuming the retirement of model %s: its progress stopped at %s (%s)",
+                    version, record.get("updated_at"), record.get("state"))  # fmt: skip
+        task = asyncio.create_task(self._delete_keys(version, record, grace=False), name=f"sidserve-retire-{version}")
+        self._retiring[version] = (task, record)
+
+    async def _delete_keys(self, version: str, record: dict[str, Any], grace: bool = True) -> None:
+        if await self._stopping(self._grace_s if grace else 0):
             return
         deleted = self._metrics.retired_keys.labels(version)
 
@@ -443,6 +479,11 @@ class ModelRegistry:
     async def _save(self, version: str, record: dict[str, Any]) -> None:
         record["updated_at"] = _now()
         await self._redis.hset(self._key, f"retired:{version}", json.dumps(record))
+        lease = storage.retirement_lease_key(self._prefix, version)
+        if record["state"] in ("draining", "deleting"):  # this process is the deleter: hold the lease
+            await self._redis.set(lease, self._lease_owner, ex=int(STALLED_RETIREMENT_S))
+        else:
+            await self._redis.unlink(lease)
 
     # --- reporting -------------------------------------------------------------------------------
     @property

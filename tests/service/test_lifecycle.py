@@ -4,10 +4,12 @@ version and retirements touch no other test's keys."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -19,7 +21,7 @@ from service_fixtures import AUTH, LiveService, serve, service_settings
 
 from sidserve.model import BundleError, SidModel
 from sidserve.settings import Settings
-from sidserve.versions import load_servings
+from sidserve.versions import STALLED_RETIREMENT_S, load_servings
 from sidserve_client import SidServeClient
 
 REFRESH_S = 0.2
@@ -261,6 +263,34 @@ def test_retire_deletes_exactly_that_versions_keys(
             assert _keys(client, f"{prefix}x:{{{b.version}:*")  # the other prefix keeps its copy of B
             assert _features(h1, ids)["candidates"]["known"] == [True] * len(ids)  # A is intact
             assert _features(h3, ids, b.version)["candidates"]["known"] == [True] * len(ids)
+
+
+def test_a_stalled_retirement_is_taken_over_by_a_running_replica(
+    sid_bundle: Path, sid_bundle_b: Path, redis_url: str, prefix: str, models: tuple[SidModel, SidModel],
+    x: np.ndarray,
+) -> None:
+    """The process deleting a retired version died mid-way (its progress stopped): another replica
+    resumes the deletion, and only B's keys go."""
+    a, b = models
+    client = redis.Redis.from_url(redis_url)
+    ids = [f"{prefix}-{i}" for i in range(len(x))]
+    settings = _settings(sid_bundle, sid_bundle_b, redis_url, prefix, retire_batch_keys=20)
+    with serve(settings) as first, _http(first) as h:
+        _upload(h, ids, x)  # under both versions
+    a_keys = _keys(client, f"{prefix}:{{{a.version}:*")
+    assert _keys(client, f"{prefix}:{{{b.version}:*") and a_keys
+    stalled_at = (datetime.now(UTC) - timedelta(seconds=2 * STALLED_RETIREMENT_S)).isoformat(timespec="seconds")
+    record = {"state": "deleting", "keys_deleted": 3, "requested_at": stalled_at, "updated_at": stalled_at, "error": None}
+    client.hset(f"{prefix}:models", f"retired:{b.version}", json.dumps(record))
+
+    with serve(settings) as second, _http(second) as h:
+        _wait(lambda: h.get("/v1/models").json()["retired"][0]["state"] == "done", timeout=30)
+        [retired] = h.get("/v1/models").json()["retired"]
+        assert retired["model_version"] == b.version and retired["keys_deleted"] > 3
+        assert _features(h, ids)["candidates"]["known"] == [True] * len(ids)  # A is served as before
+    assert _keys(client, f"{prefix}:{{{b.version}:*") == set() and not client.exists(f"{prefix}:{b.version}:layout")
+    assert _keys(client, f"{prefix}:{{{a.version}:*") == a_keys
+    assert not client.exists(f"{prefix}:retiring:{b.version}")  # the lease is released when done
 
 
 def test_a_restarted_replica_does_not_serve_a_retired_version(
