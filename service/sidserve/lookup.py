@@ -4,10 +4,10 @@ a per-process cache of hot items in front of Redis.
 Why a cache: ranking traffic is skewed (Zipf), so a few percent of the items carry most lookups,
 and one Redis Function read of 300 IDs costs about twice an MGET of 300 string keys (a listpack
 scan and a Lua `redis.call` per ID, the price of <= 24 B per item). Serving hot items from process
-memory leaves Redis only the tail. Simulated on the load test's Zipf(1) stream over 1M items at
-75,000 lookups/s per worker (250 requests/s x 300 IDs), the share of IDs answered from the cache
-is 62 / 67 / 73 / 78 % for a TTL of 1 / 2 / 5 / 10 s (`python loadtest/bench_storage.py
---cache-sim` measures the LRU bound; README "Load tests and benchmarks" has the served figures).
+memory leaves Redis only the tail. A simulation of this two-generation cache on the load test's
+Zipf(1) stream over 1M items at 75,000 lookups/s per worker (250 requests/s x 300 IDs) answered
+62 / 67 / 73 / 78 % of the IDs for a TTL of 1 / 2 / 5 / 10 s; the full load test measured 74-79 %
+at 500-1,000 requests/s over 2 workers with the default 5 s (README "Measured figures").
 
 What is cached: an item's output row as the features endpoint serves it, i.e. its L codes and
 its feature rows (`feature_rows`, the one index function) as int64 bytes, so a hit costs one dict
@@ -19,10 +19,11 @@ Staleness contract (SIDSERVE_CACHE_TTL_S; 0 turns the cache off):
   serves that update within ttl_s. This process's own writes drop their entries at once.
 - Unknown items are never cached: an item is served at its first read after its write.
 - Entries live in two generations (dicts): new entries go to the young one; every ttl_s / 2 the
-  young one becomes the old one, and a generation is dropped whole ttl_s after it began. A lookup
-  is one or two dict gets, never a per-entry clock check (a per-entry expiry test cost more CPU than the Redis time
-  a hit saves). The cache holds at most `max_items` entries: a young generation that reaches
-  max_items / 2 is rotated early (entries then live shorter, never longer).
+  young one becomes the old one, and a generation is dropped whole ttl_s after it began. A
+  lookup is one or two dict gets, never a per-entry clock check (the previous cache's per-entry
+  expiry test cost more CPU than the Redis time a hit saved). The cache holds at most `max_items`
+  entries: a young generation that reaches max_items / 2 is rotated early (entries then live
+  shorter, never longer).
 """
 
 from __future__ import annotations
