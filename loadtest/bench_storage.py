@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from sidserve.storage import FINGERPRINT_BYTES, READ_FUNCTION, SidStore, connect
+from sidserve.storage import READ_FUNCTION, SidStore, connect
 from sidserve.testing import RedisProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -144,7 +144,7 @@ def main() -> int:
                         await astore.read(batch)
                         b = time.perf_counter()
                         keys, fields = store_sync.locate(batch)
-                        raw = sync.fcall_ro(READ_FUNCTION, len(keys), *keys, fields, FINGERPRINT_BYTES,
+                        raw = sync.fcall_ro(READ_FUNCTION, len(keys), *keys, fields, store_sync.fingerprint_bytes,
                                             store_sync.packer.width)
                         store_sync.packer.unpack(raw[0], len(batch))
                         c = time.perf_counter()

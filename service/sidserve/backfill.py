@@ -177,7 +177,7 @@ async def run_backfill(
 
 
 def _parser() -> argparse.ArgumentParser:
-    defaults = Settings()  # SIDSERVE_REDIS_URL and SIDSERVE_KEY_PREFIX, as the service reads them
+    defaults = Settings()  # SIDSERVE_REDIS_URL, SIDSERVE_KEY_PREFIX, ..., as the service reads them
     p = argparse.ArgumentParser(
         prog="sidserve-backfill",
         description="Recompute and store the SIDs of a corpus (.npy embeddings + IDs file) under a model "
@@ -192,6 +192,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-cluster", action=argparse.BooleanOptionalAction, default=defaults.redis_cluster,
                    help="--redis-url names a Redis Cluster node [SIDSERVE_REDIS_CLUSTER]")  # fmt: skip
     p.add_argument("--key-prefix", default=defaults.key_prefix, help="[SIDSERVE_KEY_PREFIX]")
+    # Used only when the version has no stored layout yet; a stored one is adopted, as the service does.
+    p.add_argument("--bucket-bits", type=int, default=defaults.store_bucket_bits, help="[SIDSERVE_STORE_BUCKET_BITS]")
+    p.add_argument("--fingerprint-bytes", type=int, default=defaults.store_fingerprint_bytes,
+                   help="[SIDSERVE_STORE_FINGERPRINT_BYTES]")
     p.add_argument("--collision-index", action=argparse.BooleanOptionalAction, default=defaults.collision_index,
                    help="also assign each item its collision index k [SIDSERVE_COLLISION_INDEX]")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=16_384, help="rows per encoder run and Redis write")
@@ -229,8 +233,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             if retired:
                 raise BackfillError(f"model version {model.version} is retired (GET /v1/models): its keys are deleted")
             store = SidStore(
-                redis, model.version, model.levels, model.codebook_size, args.key_prefix,
-                collision_index=args.collision_index,
+                redis, model.version, model.levels, model.codebook_size, args.key_prefix, args.bucket_bits,
+                collision_index=args.collision_index, fingerprint_bytes=args.fingerprint_bytes,
             )  # fmt: skip
             return await run_backfill(
                 model, store, corpus, checkpoint, batch_size=args.batch_size, threads=args.threads,

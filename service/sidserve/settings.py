@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         "(14 for ~1M items, +1 per doubling). Items are found again only with the bits they were written "
         "with: the first writer records them in Redis and later processes adopt that value.",
     )  # fmt: skip
+    store_fingerprint_bytes: int = Field(
+        default=4, ge=4, le=8,
+        description="Redis layout: bytes of the hash that identifies an item inside its bucket. 4 keeps "
+        "~23 B per item; two items collide (share a SID) with ~0.75 expected pairs at 100M items, so set 5 "
+        "for corpora of 100M+ items (+1.26 B per item). Like the bucket bits, the first writer of a model "
+        "version records it and later processes adopt the recorded value.",
+    )  # fmt: skip
     cache_ttl_s: NonNegativeFloat = Field(
         default=5.0,
         description="Per-process cache of hot items' SIDs and feature rows (sidserve.lookup): an entry is "

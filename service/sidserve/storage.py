@@ -8,27 +8,33 @@ Redis keeps each one as a listpack (one flat allocation, no per-item key, robj o
                  bucket = top bucket_bits of h1(item_id), lower-case hex;
                  group  = bucket mod 16, one hex digit (the Redis Cluster hash tag, see below)
                  (28 bytes with the default prefix: the key's allocation stays in jemalloc's 32 B class)
-    field      = 5 bytes: the top 40 bits of h2(item_id), little-endian (an ID fingerprint)
+    field      = f bytes (SIDSERVE_STORE_FINGERPRINT_BYTES, default 4): the top 8f bits of
+                 h2(item_id), little-endian (an ID fingerprint)
     value      = the L codes, ceil(log2 K) bits each, bit-packed little-endian (codec.BitPacker):
                  L = 8, K = 2048: 88 bits = 11 bytes
     layout key = b"<prefix>:<model_version>:layout" = b"sidserve-buckets/1 bucket_bits=14 ..."
 
 h1, h2 are two independent 64-bit hashes of the ID (codec.IdHasher, vectorised over a request).
-Memory (INFO used_memory delta, K = 2048, L = 8, 13-byte IDs, 1M items, bucket_bits = 14,
-`python loadtest/bench_storage.py`): 24.0 and 24.3 B per item in two runs, against 136.5 B for
-the previous layout (one string key per item, 16-byte uint16 value). Per item a listpack holds
-7 B for the field (1 header + 5 + 1 back-length) and 13 B for the value; the rest is jemalloc
-rounding the listpack up to its size class (~10%) and the bucket's key, robj and dict entry
-(~80 B shared by ~64 items). A 4-byte fingerprint would save 1 B per item at 256 times the
-collision rate below; the value has no spare bit at K = 2048, L = 8 (88 bits).
+Memory (INFO used_memory delta over 1M items written through this module, K = 2048, L = 8, 13-byte
+IDs, bucket_bits = 14, the base taken after FUNCTION LOAD): 23.07 B per item with 4-byte
+fingerprints, 24.33 B with 5-byte ones (same run), against 136.5 B for the first layout (one
+string key per item). Per item a listpack holds 6 B for a 4-byte field (1 header + 4 + 1
+back-length) and 13 B for the value; the rest is jemalloc rounding each listpack up to its size
+class (~10 %) and the bucket's key, robj and dict entry (~80 B shared by ~61 items). The value has
+no spare bit at K = 2048, L = 8 (88 bits).
 
-Trade-offs of the fingerprint instead of the ID:
+Trade-offs of the fingerprint instead of the ID (f = fingerprint bytes, ~64 items per bucket):
 - Two different items of one model version whose (bucket, fingerprint) agree would share a slot
-  (the later write wins, both read the same SID): about n^2 / 2^(bucket_bits + 41) expected
-  pairs for n items, i.e. n * 64 / 2^41 at ~64 items per bucket (1M: 3e-5; 100M: 3e-3 pairs);
-  an unknown ID reads as some stored item with probability ~64 / 2^40 (6e-11) per lookup.
-  Storing the ID itself would rule that out at 2 + len(ID) bytes per item instead of 7
-  (~30 B per item for 13-byte IDs: over the 24 B budget).
+  (the later write wins, both read the same SID): about n^2 / 2^(bucket_bits + 8f + 1) expected
+  pairs for n items, i.e. n * 64 / 2^(8f + 1). f = 4: 1M items 0.007 pairs, 100M 0.75;
+  f = 5: 3e-5 and 3e-3. An unknown ID (not uploaded yet) reads as some stored item with
+  probability ~64 / 2^(8f) per lookup: 1.5e-8 (f = 4), 6e-11 (f = 5). Either way the harm is one
+  item served another item's SID, like a hashed-ID collision but ~10^5 times rarer; f = 4 is the
+  default because it keeps the layout within the 24 B per item budget, and corpora of 100M+ items
+  should set 5 (1.26 B per item more). Storing the ID itself would rule collisions out at
+  2 + len(ID) bytes per item instead of f + 2 (~30 B per item for 13-byte IDs).
+- A version keeps the fingerprint width and bucket_bits it was first written with (the layout key
+  records both): a process configured otherwise adopts the stored values and logs it.
 - A bucket lookup is a linear scan of ~64 entries inside Redis, so a read runs a Redis Function
   (one HGET per ID, Lua) instead of one MGET: more Redis CPU per ID, still one round trip.
   INFO commandstats, 300 IDs: FCALL_RO ~450 us of Redis time per call (HGET 0.63 us per ID, the
@@ -115,7 +121,10 @@ WriteStatus = Literal["created", "updated", "unchanged"]
 
 LAYOUT = "sidserve-buckets/1"
 DEFAULT_BUCKET_BITS = 14  # 16,384 buckets: ~64 items each at 1M items
-FINGERPRINT_BYTES = 5
+DEFAULT_FINGERPRINT_BYTES = 4  # see "Trade-offs of the fingerprint" above
+FINGERPRINT_BYTES_RANGE = range(4, 9)  # 4..8: the fingerprint is the top bytes of a 64-bit hash
+# A version's stored layout may differ from this process's settings in these; it adopts them.
+_ADOPTABLE = ("bucket_bits", "fingerprint_bytes")
 GROUP_BITS = 4  # 16 hash-tag groups (Redis Cluster slots) per model version
 _KEY_TABLE_MAX_BITS = 16  # bucket keys are precomputed up to 65,536 buckets (~90 B each)
 
@@ -384,9 +393,13 @@ class SidStore:
     def __init__(
         self, redis: Redis, model_version: str, levels: int, codebook_size: int, prefix: str = "sid",
         bucket_bits: int = DEFAULT_BUCKET_BITS, collision_index: bool = False,
+        fingerprint_bytes: int = DEFAULT_FINGERPRINT_BYTES,
     ) -> None:  # fmt: skip
         if not 1 <= bucket_bits <= 32:
             raise ValueError(f"bucket_bits must be in [1, 32], got {bucket_bits}")
+        if fingerprint_bytes not in FINGERPRINT_BYTES_RANGE:
+            raise ValueError(f"fingerprint_bytes must be in [4, 8], got {fingerprint_bytes}")
+        self.fingerprint_bytes = fingerprint_bytes
         self.redis = redis
         self._cluster = isinstance(redis, RedisCluster)  # per-group calls (see "Redis Cluster" above)
         self.levels = levels
@@ -420,17 +433,18 @@ class SidStore:
     @property
     def layout(self) -> str:
         # The value width follows from the model version's L and K (plus k's bytes); the read checks it.
-        layout = f"{LAYOUT} bucket_bits={self.bucket_bits} group_bits={GROUP_BITS} fingerprint_bytes={FINGERPRINT_BYTES}"
+        layout = f"{LAYOUT} bucket_bits={self.bucket_bits} group_bits={GROUP_BITS} fingerprint_bytes={self.fingerprint_bytes}"
         return layout + (f" index_bytes={INDEX_BYTES}" if self.collision_index else "")
 
     def _buckets(self, item_ids: Sequence[str]) -> tuple[list[int], bytes]:
         h = self._hash(item_ids)
-        top = h[:, 1] >> np.uint64(64 - 8 * FINGERPRINT_BYTES)
-        fields = top.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :FINGERPRINT_BYTES].tobytes()
+        f = self.fingerprint_bytes
+        top = h[:, 1] >> np.uint64(64 - 8 * f)
+        fields = top.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :f].tobytes()
         return (h[:, 0] >> self._shift).tolist(), fields
 
     def locate(self, item_ids: Sequence[str]) -> tuple[list[bytes], bytes]:
-        """Each ID's bucket key, and the IDs' fingerprints concatenated (FINGERPRINT_BYTES each)."""
+        """Each ID's bucket key, and the IDs' fingerprints concatenated (fingerprint_bytes each)."""
         buckets, fields = self._buckets(item_ids)
         table = self._key_table
         keys = list(map(table.__getitem__, buckets)) if table is not None else list(map(self.bucket_key, buckets))
@@ -488,22 +502,27 @@ class SidStore:
     def _adopt(self, stored: str) -> None:
         fields = dict(part.split("=", 1) for part in stored.split()[1:] if "=" in part)
         ours = dict(part.split("=", 1) for part in self.layout.split()[1:])
-        same_except_bits = {k: v for k, v in fields.items() if k != "bucket_bits"} == {
-            k: v for k, v in ours.items() if k != "bucket_bits"
+        same_otherwise = {k: v for k, v in fields.items() if k not in _ADOPTABLE} == {
+            k: v for k, v in ours.items() if k not in _ADOPTABLE
         }
-        if not stored.startswith(LAYOUT + " ") or not same_except_bits or not fields.get("bucket_bits", "").isdigit():
+        adoptable = fields.get("bucket_bits", "").isdigit() and fields.get("fingerprint_bytes", "").isdigit() and (
+            int(fields["fingerprint_bytes"]) in FINGERPRINT_BYTES_RANGE
+        )
+        if not stored.startswith(LAYOUT + " ") or not same_otherwise or not adoptable:
             raise LayoutMismatch(
                 f"{self._meta_key.decode()} says {stored!r}; this service writes {self.layout!r} "
                 "(index_bytes comes from SIDSERVE_COLLISION_INDEX, which must match what the version was written with)"
             )
         log.warning(
-            "model %s is stored with bucket_bits=%s, not the configured %d: using the stored value",
-            self.model_version, fields["bucket_bits"], self.bucket_bits,
+            "model %s is stored with bucket_bits=%s fingerprint_bytes=%s, not the configured %d and %d: "
+            "using the stored values", self.model_version, fields["bucket_bits"], fields["fingerprint_bytes"],
+            self.bucket_bits, self.fingerprint_bytes,
         )  # fmt: skip
+        self.fingerprint_bytes = int(fields["fingerprint_bytes"])
         self._use_bucket_bits(int(fields["bucket_bits"]))
 
     async def _ensure_prepared(self, operation: str) -> None:
-        if not self._prepared:  # before locate(): prepare() may adopt the stored bucket_bits
+        if not self._prepared:  # before locate(): prepare() may adopt the stored bucket_bits / fingerprint
             try:
                 await self.prepare()
             except RedisError as e:
@@ -585,7 +604,7 @@ class SidStore:
 
     async def _read_groups(self, item_ids: Sequence[str]) -> tuple[bytes, bytes]:
         """_read_raw on a cluster: one FCALL_RO per group, answers put back in request order."""
-        n, f, w = len(item_ids), FINGERPRINT_BYTES, self.packer.width
+        n, f, w = len(item_ids), self.fingerprint_bytes, self.packer.width
         keys, fields, parts = self._group_parts(item_ids)
         fp = np.frombuffer(fields, dtype=np.uint8).reshape(n, f)
         replies = await self._fcall_groups(
@@ -602,7 +621,7 @@ class SidStore:
     async def _write_groups(self, item_ids: Sequence[str], values: bytes) -> bytes:
         """The write function on a cluster: one FCALL per group; statuses in request order.
         Atomic per group only (see "Redis Cluster" above)."""
-        n, f, w = len(item_ids), FINGERPRINT_BYTES, self.packer.width
+        n, f, w = len(item_ids), self.fingerprint_bytes, self.packer.width
         keys, fields, parts = self._group_parts(item_ids)
         fp = np.frombuffer(fields, dtype=np.uint8).reshape(n, f)
         vals = np.frombuffer(values, dtype=np.uint8).reshape(n, w)
@@ -634,7 +653,7 @@ class SidStore:
             keys, fields = self._keys_arg(item_ids)
             values = self.packer.pack(codes)
             statuses = await self._fcall(
-                "write", WRITE_FUNCTION, len(item_ids), keys, (fields, values, FINGERPRINT_BYTES, self.packer.width)
+                "write", WRITE_FUNCTION, len(item_ids), keys, (fields, values, self.fingerprint_bytes, self.packer.width)
             )
         return [_STATUS[s] for s in statuses]
 
@@ -666,7 +685,7 @@ class SidStore:
             counters = list(map(self.counter_key, self._counter_buckets(values[:, :cw])))
             statuses, ks = await self._fcall(
                 "write", WRITE_INDEXED_FUNCTION, 2 * n, keys + counters,
-                (fields, values.tobytes(), FINGERPRINT_BYTES, self.packer.width),
+                (fields, values.tobytes(), self.fingerprint_bytes, self.packer.width),
             )  # fmt: skip
         return [_STATUS[s] for s in statuses], np.frombuffer(ks, dtype="<u4").astype(np.int64)
 
@@ -678,7 +697,7 @@ class SidStore:
            (a concurrent writer got there first: the k drawn in step 2 is then left unused).
         Each k comes from one HINCRBY, so no two items of a SID ever hold the same k; k's lost in
         step 3 or by a failure after step 2 leave gaps. Each step is atomic per group only."""
-        n, f, w, cw = len(item_ids), FINGERPRINT_BYTES, self.packer.width, self.packer.code_width
+        n, f, w, cw = len(item_ids), self.fingerprint_bytes, self.packer.width, self.packer.code_width
         stored, found = await self._read_groups(item_ids)
         old = np.frombuffer(stored, dtype=np.uint8).reshape(n, w)
         same = (np.frombuffer(found, dtype=np.uint8) == ord("1")) & (old[:, :cw] == values[:, :cw]).all(axis=1)
@@ -737,7 +756,7 @@ class SidStore:
             return await self._read_groups(item_ids)
         keys, fields = self._keys_arg(item_ids)
         values, found = await self._fcall(
-            "read", READ_FUNCTION, len(item_ids), keys, (fields, FINGERPRINT_BYTES, self.packer.width)
+            "read", READ_FUNCTION, len(item_ids), keys, (fields, self.fingerprint_bytes, self.packer.width)
         )
         if len(values) != len(item_ids) * self.packer.width or len(found) != len(item_ids):
             raise RuntimeError(f"unexpected read reply under {self._meta_key!r}")  # a server-side fault

@@ -145,7 +145,7 @@ def load_servings(
         ).model_dump()  # fmt: skip
         store = SidStore(
             redis, model.version, model.levels, model.codebook_size, s.key_prefix, s.store_bucket_bits,
-            collision_index=s.collision_index,
+            collision_index=s.collision_index, fingerprint_bytes=s.store_fingerprint_bytes,
         )  # fmt: skip
         lookup = FeatureLookup(store, features, s.cache_ttl_s, s.cache_max_items, on_lookup=on_cache)
         servings.append(Serving(model, store, lookup, features, features_out))

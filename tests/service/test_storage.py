@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import redis
 
-from sidserve.storage import FINGERPRINT_BYTES, LayoutMismatch, SidStore, StorageUnavailable, code_dtype, connect
+from sidserve.storage import DEFAULT_FINGERPRINT_BYTES, LayoutMismatch, SidStore, StorageUnavailable, code_dtype, connect
 
 
 def _store(url: str, version: str = "0123456789abcdef", levels: int = 3, k: int = 16) -> SidStore:
@@ -42,7 +42,7 @@ def test_layout_listpack_bucket_with_bit_packed_value(redis_url: str) -> None:
     store = asyncio.run(main())
     r = redis.Redis.from_url(redis_url)
     [key], field = store.locate([item])
-    assert key.startswith(b"sid:{0123456789abcdef:") and len(key) <= 28 and len(field) == FINGERPRINT_BYTES
+    assert key.startswith(b"sid:{0123456789abcdef:") and len(key) <= 28 and len(field) == DEFAULT_FINGERPRINT_BYTES
     assert r.type(key) == b"hash" and r.object("encoding", key) == b"listpack"
     raw = r.hget(key, field)
     assert len(raw) == 11  # 8 codes x 11 bits = 88 bits
@@ -219,3 +219,26 @@ def test_a_burst_beyond_the_pool_size_queues_instead_of_failing(redis_url: str) 
             await client.aclose()
 
     assert asyncio.run(burst()) == [True] * 200
+
+
+def test_a_version_keeps_the_fingerprint_width_it_was_written_with(redis_url: str) -> None:
+    """A process configured with another fingerprint width (or bucket bits) adopts the stored ones."""
+
+    async def main() -> None:
+        ids = _ids(20)
+        codes = np.arange(60).reshape(20, 3) % 16
+        version = uuid.uuid4().hex[:16]
+        wide = SidStore(connect(redis_url, 0.25, 0.5, 8), version, 3, 16, bucket_bits=8, fingerprint_bytes=5)
+        await wide.write(ids, codes)
+        [key], field = wide.locate(ids[:1])
+        assert len(field) == 5
+        default = SidStore(connect(redis_url, 0.25, 0.5, 8), version, 3, 16)
+        got, known = await default.read(ids + ["never-written"])
+        assert default.fingerprint_bytes == 5 and default.bucket_bits == 8
+        assert known.tolist() == [True] * 20 + [False] and (got[:20] == codes).all()
+        for store in (wide, default):
+            await store.redis.aclose()
+        with pytest.raises(ValueError, match="fingerprint_bytes"):
+            SidStore(None, version, 3, 16, fingerprint_bytes=3)  # type: ignore[arg-type]
+
+    asyncio.run(main())

@@ -121,7 +121,7 @@ def test_collision_index_off_keeps_the_layout(redis_url: str) -> None:
     asyncio.run(main())
     client = redis.Redis.from_url(redis_url)
     assert client.get(f"{prefix}:0123456789abcdef:layout") == (
-        b"sidserve-buckets/1 bucket_bits=6 group_bits=4 fingerprint_bytes=5"
+        b"sidserve-buckets/1 bucket_bits=6 group_bits=4 fingerprint_bytes=4"
     )
     assert not _keys(client, f"{prefix}:*k*")  # no counters
     [key], field = SidStore(None, "0123456789abcdef", 3, 16, prefix, 6).locate(["a"])  # type: ignore[arg-type]
