@@ -118,7 +118,8 @@ class Settings(BaseSettings):
         "once; unknown items are never cached). 0 = no cache: every lookup goes to Redis.",
     )
     cache_max_items: PositiveInt = Field(
-        default=200_000, description="Entries of that cache per process (~250 B each with L = 8)."
+        default=200_000,
+        description="Entries of that cache per process and loaded model version (~400 B each with L = 8 and 13-byte IDs: up to ~80 MB).",
     )
     retry_after_s: PositiveInt = Field(
         default=1, description="Retry-After (seconds) sent with 503 answers while Redis is unreachable."
