@@ -236,6 +236,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 redis, model.version, model.levels, model.codebook_size, args.key_prefix, args.bucket_bits,
                 collision_index=args.collision_index, fingerprint_bytes=args.fingerprint_bytes,
             )  # fmt: skip
+            warning = await store.capacity_warning(len(corpus.ids))
+            if warning:  # go on: the items are still stored and found, only less compactly
+                print(f"sidserve-backfill: warning: {warning}", file=sys.stderr)
             return await run_backfill(
                 model, store, corpus, checkpoint, batch_size=args.batch_size, threads=args.threads,
                 max_batches=args.max_batches, start=0 if args.restart else None, progress=not args.no_progress,

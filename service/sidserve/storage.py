@@ -42,10 +42,11 @@ Trade-offs of the fingerprint instead of the ID (f = fingerprint bytes, ~64 item
   run (`python -m loadtest bench`, 1M items, 2 shared cores): MGET floor 0.08 / 0.65 / 1.82 ms
   for 1 / 300 / 1,000 IDs, SidStore.read 0.28 / 1.86 / 5.76 ms (2.9-3.4x); the same FCALL_RO from
   sync redis-py is ~10% faster than through redis.asyncio (loadtest/bench_storage.py).
-- Buckets stay listpacks while they hold <= hash-max-listpack-entries (default 128) items.
-  Size bucket_bits for the corpus (items / 64, rounded to a power of two; SIDSERVE_STORE_BUCKET_BITS):
-  2^14 fits up to ~4M items at the default limit (beyond, buckets turn into hash tables at
-  ~3-4x the memory, and reads get slower: raise the limit or use more buckets).
+- Buckets stay listpacks while they hold <= hash-max-listpack-entries items (512 compiled in,
+  128 in the redis.conf shipped with Redis). Size bucket_bits for the corpus (items / 64, rounded
+  to a power of two; SIDSERVE_STORE_BUCKET_BITS): 2^14 fits ~1.5M items at 128 and ~7M at 512
+  (beyond, some buckets turn into hash tables at ~3-4x the memory, and reads get slower: raise
+  the limit or use more buckets; capacity_warning() tells, sidserve-backfill prints it).
 
 Round trips (both one call of the `sidserve` Redis Function library, FUNCTION LOAD'ed by
 `prepare()` at startup and again whenever Redis answers that the function is missing, e.g. after
@@ -102,6 +103,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal
 
@@ -542,6 +544,37 @@ class SidStore:
                 return await call(function, n, *keys, *args)
         except RedisError as e:
             raise StorageUnavailable(operation, e) from e
+
+    async def capacity_warning(self, items: int) -> str | None:
+        """Why `items` items would not fit this version's buckets as listpacks, or None.
+
+        A bucket holding more than Redis' hash-max-listpack-entries items turns into a hash table:
+        several times the memory and slower reads. Items spread over the buckets ~Poisson, so the
+        check is mean + 4 standard deviations (about 1 bucket in 30,000 beyond). None too when it
+        cannot tell: a cluster, or CONFIG GET refused (managed Redis).
+        """
+        await self._ensure_prepared("check")  # the stored bucket_bits count, not the configured ones
+        if self._cluster:
+            return None
+        try:
+            reply = await self.redis.config_get("hash-max-listpack-entries")
+            limit = int(reply["hash-max-listpack-entries"])
+        except (RedisError, KeyError, ValueError):
+            return None
+
+        def fits(bits: int) -> bool:
+            mean = items / (1 << bits)
+            return mean + 4 * math.sqrt(mean) <= limit
+
+        if fits(self.bucket_bits):
+            return None
+        enough = next((b for b in range(self.bucket_bits + 1, 33) if fits(b)), 32)
+        return (
+            f"{items:,} items over 2^{self.bucket_bits} buckets is ~{items / (1 << self.bucket_bits):,.0f} per "
+            f"bucket, more than Redis' hash-max-listpack-entries {limit} in some buckets: those become hash tables "
+            f"(several times the memory, slower reads). Write this model version with bucket bits >= {enough} "
+            "(SIDSERVE_STORE_BUCKET_BITS / --bucket-bits, before its first write), or raise hash-max-listpack-entries."
+        )
 
     async def ping(self) -> None:
         """PING Redis (every master of a cluster), and prepare() if that has not succeeded yet."""

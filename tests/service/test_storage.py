@@ -242,3 +242,16 @@ def test_a_version_keeps_the_fingerprint_width_it_was_written_with(redis_url: st
             SidStore(None, version, 3, 16, fingerprint_bytes=3)  # type: ignore[arg-type]
 
     asyncio.run(main())
+
+
+def test_capacity_warning_when_buckets_would_outgrow_listpacks(redis_url: str) -> None:
+    async def main() -> None:
+        store = SidStore(connect(redis_url, 0.25, 0.5, 8), uuid.uuid4().hex[:16], 3, 16, bucket_bits=10)
+        limit = int((await store.redis.config_get("hash-max-listpack-entries"))["hash-max-listpack-entries"])
+        assert await store.capacity_warning(1024 * limit // 2) is None  # half full on average: fits
+        warning = await store.capacity_warning(1024 * limit * 4)  # 4 x the limit per bucket
+        assert warning is not None and f"hash-max-listpack-entries {limit} " in warning
+        assert "bucket bits >= 13" in warning  # 2^13 buckets: half the limit per bucket, fits
+        await store.redis.aclose()
+
+    asyncio.run(main())
