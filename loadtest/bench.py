@@ -28,7 +28,7 @@ from . import corpus, driver, procs, promparse, schedule, workload
 from .hist import LatencyHistogram
 from .profiles import FULL
 from .rawhttp import RawHttpPool, encode_request
-from .runner import _json_default, machine_note, scrape
+from .runner import machine_note, scrape, write_json
 
 SIZES = {1: (1, 0), 300: (200, 100), 1000: (1000, 0)}
 
@@ -104,10 +104,10 @@ def encode_time(m: dict, codes: np.ndarray, sets: list[list[str]], size: int, it
     from sidserve.features import FeatureConfig, feature_rows
     from sidserve.lookup import Lookup
     from sidserve.responses import features_json
+    from sidserve.schemas import FeatureConfigOut
 
     config = FeatureConfig("prefix_ngram", m["codebook_size"], m["levels"], m["levels"], 1_000_004)
-    config_out = {"parameterization": "prefix_ngram", "ngram": config.ngram, "table_size": config.table_size,
-                  "codebook_size": config.codebook_size, "levels": config.levels, "num_tokens": config.num_tokens}
+    config_out = FeatureConfigOut.of(config).model_dump()
     lookups = []
     for ids in sets[:64]:
         c = codes[[int(i.split("-")[1]) for i in ids]].astype(np.int64)
@@ -250,8 +250,7 @@ def main(args) -> int:
     text = summary_table(rows)
     print("\n" + text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2, default=_json_default))
+        write_json(args.out, report)
         print(f"[bench] written to {args.out}")
     print(f"[bench] {os.cpu_count()} cores, shared (load avg {os.getloadavg()[0]:.1f})")
     return 0

@@ -26,6 +26,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loadtest import corpus, procs  # noqa: E402
 from loadtest.profiles import FULL  # noqa: E402
+from loadtest.runner import write_json  # noqa: E402
 from sidserve.codec import EMBEDDINGS_MEDIA_TYPE, decode_embeddings, encode_embeddings  # noqa: E402
 
 BATCH = 1000
@@ -106,8 +107,7 @@ def main() -> int:
     print(f"[ingest] end to end, {args.workers} workers, {args.concurrency} batches of {BATCH} in flight: "
           f"{report['items_per_s']} items/s (load avg {report['load_avg_start']:.1f} -> {report['load_avg_end']:.1f})")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
+        write_json(args.out, report)
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from sidserve.storage import READ_FUNCTION, SidStore, connect
 from sidserve.testing import RedisProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from loadtest.runner import write_json  # noqa: E402
 from loadtest.workload import KeySampler, item_id  # noqa: E402
 
 VERSION = "0123456789abcdef"
@@ -174,8 +174,7 @@ def main() -> int:
         print(f"[storage] LRU hit rate (Zipf s=1 over {n:,}): {report['lru_hit_rate']}", flush=True)
     report["load_avg_end"] = os.getloadavg()[0]
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
+        write_json(args.out, report)
     return 0
 
 

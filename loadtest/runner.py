@@ -189,9 +189,7 @@ def run(profile: Profile, bundle: Path | None, out: Path | None, budgets_file: P
                 results.append(r)
                 log(row(r))
                 if out:  # partial results survive a crash or a stop mid-run
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    out.write_text(json.dumps({"profile": profile.name, "partial": True, "scenarios": results},
-                                              indent=2, default=_json_default))
+                    write_json(out, {"profile": profile.name, "partial": True, "scenarios": results})
     report = {
         "profile": profile.name, "client": client,
         "config": {**{k: v for k, v in asdict(profile).items() if k != "scenarios"}, "bundle": str(bundle),
@@ -209,8 +207,7 @@ def run(profile: Profile, bundle: Path | None, out: Path | None, budgets_file: P
     log(table(results))
     misses = [f"{r['scenario']}: {miss}" for r in results for miss in r["budget_misses"]]
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2, default=_json_default))
+        write_json(out, report)
         log(f"[loadtest] results written to {out}")
     log(f"[loadtest] profile {profile.name}: {len(results)} scenarios in {report['wall_s']} s on "
         f"{os.cpu_count()} cores (load avg {os.getloadavg()[0]:.1f}, shared)")
@@ -219,6 +216,12 @@ def run(profile: Profile, bundle: Path | None, out: Path | None, budgets_file: P
         return 1
     log("[loadtest] all budgets met")
     return 0
+
+
+def write_json(path: Path, report: dict) -> None:
+    """A run's report as JSON at `path` (parent folders created; NaN and paths made JSON-safe)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=_json_default))
 
 
 def _json_default(o):

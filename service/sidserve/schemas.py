@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from .features import FeatureConfig
+
 MAX_ITEM_ID_BYTES = 256
 MAX_BATCH_ITEMS = 1_000
 MAX_CANDIDATES = 1_000
@@ -168,6 +170,13 @@ class FeatureConfigOut(BaseModel):
     codebook_size: int = Field(description="K: codes per level.")
     levels: int = Field(description="L: codes per SID.")
     num_tokens: int = Field(description="Rows per item in `rows`.")
+
+    @classmethod
+    def of(cls, config: FeatureConfig) -> FeatureConfigOut:
+        return cls(
+            parameterization=config.parameterization.value, ngram=config.ngram, table_size=config.table_size,
+            codebook_size=config.codebook_size, levels=config.levels, num_tokens=config.num_tokens,
+        )  # fmt: skip
 
 
 class FeatureBlock(BaseModel):

@@ -448,9 +448,11 @@ class SidStore:
     def locate(self, item_ids: Sequence[str]) -> tuple[list[bytes], bytes]:
         """Each ID's bucket key, and the IDs' fingerprints concatenated (fingerprint_bytes each)."""
         buckets, fields = self._buckets(item_ids)
+        return self._bucket_keys(buckets), fields
+
+    def _bucket_keys(self, buckets: list[int]) -> list[bytes]:
         table = self._key_table
-        keys = list(map(table.__getitem__, buckets)) if table is not None else list(map(self.bucket_key, buckets))
-        return keys, fields
+        return list(map(table.__getitem__, buckets)) if table is not None else list(map(self.bucket_key, buckets))
 
     def _keys_arg(self, item_ids: Sequence[str]) -> tuple[list[Any], bytes]:
         """locate(), with the keys as one PackedArgs when the connection takes them."""
@@ -592,11 +594,13 @@ class SidStore:
     def _group_parts(self, item_ids: Sequence[str]) -> tuple[list[bytes], bytes, list[np.ndarray]]:
         """locate(), plus the request positions of each group's IDs (in request order)."""
         buckets, fields = self._buckets(item_ids)
-        table = self._key_table
-        keys = list(map(table.__getitem__, buckets)) if table is not None else list(map(self.bucket_key, buckets))
+        return self._bucket_keys(buckets), fields, self._split_by_group(buckets)
+
+    def _split_by_group(self, buckets: list[int]) -> list[np.ndarray]:
+        """The positions of each hash-tag group's buckets, in order within a group."""
         groups = np.asarray(buckets, dtype=np.int64) % self._groups
         order = np.argsort(groups, kind="stable")  # stable: a repeated ID keeps its order
-        return keys, fields, np.split(order, np.flatnonzero(np.diff(groups[order])) + 1)
+        return np.split(order, np.flatnonzero(np.diff(groups[order])) + 1)
 
     async def _fcall_groups(
         self, operation: str, function: str, parts: list[np.ndarray], make_args: Callable[[np.ndarray], list[Any]]
@@ -761,9 +765,7 @@ class SidStore:
         draw call per counter group, pipelined per node."""
         buckets = self._counter_buckets(code_rows)
         keys = list(map(self.counter_key, buckets))
-        groups = np.asarray(buckets, dtype=np.int64) % self._groups
-        order = np.argsort(groups, kind="stable")
-        parts = np.split(order, np.flatnonzero(np.diff(groups[order])) + 1)
+        parts = self._split_by_group(buckets)
         replies = await self._fcall_groups(
             "write", DRAW_FUNCTION, parts,
             lambda idx: [len(idx), *map(keys.__getitem__, idx.tolist()), code_rows[idx].tobytes(), code_rows.shape[1]],

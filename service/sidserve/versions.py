@@ -138,11 +138,7 @@ def load_servings(
         )
         for warning in features.warnings():
             log.warning("model %s feature config: %s", model.version, warning)
-        features_out = FeatureConfigOut(
-            parameterization=features.parameterization.value, ngram=features.ngram,
-            table_size=features.table_size, codebook_size=features.codebook_size,
-            levels=features.levels, num_tokens=features.num_tokens,
-        ).model_dump()  # fmt: skip
+        features_out = FeatureConfigOut.of(features).model_dump()
         store = SidStore(
             redis, model.version, model.levels, model.codebook_size, s.key_prefix, s.store_bucket_bits,
             collision_index=s.collision_index, fingerprint_bytes=s.store_fingerprint_bytes,
@@ -211,7 +207,6 @@ class ModelRegistry:
         self._redis_active: str | None = None
         self._retired: dict[str, dict[str, Any]] = {}  # from Redis, refreshed
         self._retiring: dict[str, tuple[asyncio.Task[None], dict[str, Any]]] = {}  # this process's deletions
-        self._stalled: list[str] = []  # retirements whose deleting process stopped (see _take_over)
         self._lease_owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._refresh_error: str | None = None
         self._logged_mismatch: str | None = None
@@ -283,8 +278,9 @@ class ModelRegistry:
             log.info("reading the active model version from Redis again")
             self._refresh_error = None
         self._apply(state)
-        for version in self._stalled:
-            await self._take_over(version)
+        for version, record in self._retired.items():
+            if _stalled(record) and version not in self._retiring:
+                await self._take_over(version)
 
     def _apply(self, state: dict[bytes, bytes]) -> None:
         retired = {}
@@ -295,7 +291,6 @@ class ModelRegistry:
                 except ValueError:
                     retired[field[8:].decode()] = {"state": "failed", "error": "unreadable status in Redis"}
         self._retired = retired
-        self._stalled = [v for v, r in retired.items() if _stalled(r) and v not in self._retiring]
         for version in [v for v in self._servings if v in retired]:
             log.warning("model %s was retired: no longer served or written by this process", version)
             self._drop(version)
