@@ -33,19 +33,20 @@ from .runner import machine_note, scrape, write_json
 SIZES = {1: (1, 0), 300: (200, 100), 1000: (1000, 0)}
 
 
-def id_sets(n_items: int, sets: int, seed: int = 7) -> dict[int, list[list[str]]]:
+def id_sets(n_items: int, sets: int, sizes: list[int], seed: int = 7) -> dict[int, list[list[str]]]:
     out = {}
-    for size, (c, h) in SIZES.items():
+    for size in sizes:
+        c, h = SIZES[size]
         sampler = workload.KeySampler(n_items, "zipf", seed=seed + size)
         out[size] = [[workload.item_id(int(i)) for i in sampler.sample(c + h)] for _ in range(sets)]
     return out
 
 
-def http_sets(n_items: int, rate: float, seed: int = 7) -> dict[int, list[list[str]]]:
+def http_sets(n_items: int, rate: float, sizes: list[int], seed: int = 7) -> dict[int, list[list[str]]]:
     """ID sets of the HTTP points: enough that the replayed cycle outlasts the service's cache TTL
     (workload.CACHE_SAFE_CYCLE_S), so the cache sees a Zipf stream, not the same few sets. The
     first 2,048 sets are the Redis floors' sets (same seed)."""
-    return id_sets(n_items, max(2048, int(rate * workload.CACHE_SAFE_CYCLE_S)), seed)
+    return id_sets(n_items, max(2048, int(rate * workload.CACHE_SAFE_CYCLE_S)), sizes, seed)
 
 
 def mget_floor(url: str, codes: np.ndarray, sets: list[list[str]], iters: int) -> dict:
@@ -175,7 +176,8 @@ def main(args) -> int:
           f"{redis.utils.HIREDIS_AVAILABLE}", flush=True)
     src = corpus.EmbeddingSource(m["input_dim"], train_n=FULL.train_n)
     codes = corpus.compute_codes(bundle, src, n_items)
-    sets = http_sets(n_items, args.rate)
+    sizes = sorted(set(args.ids)) if args.ids else list(SIZES)
+    sets = http_sets(n_items, args.rate, sizes)
     floor_sets = {size: s[:2048] for size, s in sets.items()}
     report: dict = {"machine": machine_note(), "bundle": str(bundle), "model_version": m["model_version"],
                     "levels": m["levels"], "codebook_size": m["codebook_size"], "items": n_items,
@@ -196,7 +198,7 @@ def main(args) -> int:
               + ", ".join(f"{d / n:.1f} B over {n:,}" for n, d in mem.items()), flush=True)
 
         floor = {}
-        for size in SIZES:
+        for size in sizes:
             floor[size] = {"mget": mget_floor(rs.url, codes, floor_sets[size], iters[size]),
                            "storage_read": storage_read(rs.url, m, floor_sets[size], iters[size]),
                            "encode": encode_time(m, codes, floor_sets[size], size, iters[size])}
@@ -211,7 +213,7 @@ def main(args) -> int:
             noop = args.noop_path if args.noop_path in paths else None
             if noop is None:
                 print(f"[bench] the service has no {args.noop_path}: no-op points skipped", flush=True)
-            for size in SIZES:
+            for size in sizes:
                 c, h = SIZES[size]
                 http[size] = {}
                 if noop:
@@ -223,7 +225,7 @@ def main(args) -> int:
                       f"p99 {f['client']['p99_ms']:.3f} ms; server p50 "
                       f"{(f['server_side'] or {}).get('p50_ms')} ms; cache hits {f['cache_hit_rate']}", flush=True)
     rows = []
-    for size in SIZES:
+    for size in sizes:
         fl, hp = floor[size], http[size]
         f = hp["features"]
         srv = f["server_side"] or {}

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--rate", type=float, default=200.0, help="requests/s of the HTTP points (open model)")
     b.add_argument("--duration", type=float, help="seconds per point")
     b.add_argument("--items", type=int, help="corpus size")
+    b.add_argument("--ids", type=int, action="append", choices=(1, 300, 1000),
+                   help="run only this request size (repeatable; default: 1, 300 and 1,000 IDs)")
     b.add_argument("--noop-path", default="/v1/_noop", help="the service's no-op endpoint taking a features body")
     b.add_argument("--out", type=Path)
 

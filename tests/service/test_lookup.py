@@ -75,16 +75,20 @@ def test_an_entry_is_served_at_most_ttl_after_redis_answered(redis_url: str) -> 
         assert got.known.tolist() == [True, False, True] and got.codes[:, 0].tolist() == [1, 0, 1]
         assert (counts.hits, counts.misses) == (0, 3)
         await other.write([ids[0], ids[2]], np.array([[5, 5, 5], [6, 6, 6]]))
-        clock.now += 0.6  # the young generation turns old: still served
+        clock.now += 0.6
         got = await lookup.fetch([ids[0], ids[2]])
         assert got.codes[:, 0].tolist() == [1, 6] and got.known.all()  # stale within the TTL; unknown never cached
         assert (counts.hits, counts.misses) == (1, 4)
-        clock.now += 0.45  # 1.05 s after Redis answered ids[0]: dropped
+        clock.now += 0.39  # 0.99 s after Redis answered ids[0]: an entry lives its whole TTL
+        assert (await lookup.fetch([ids[0]])).codes[0, 0] == 1
+        assert (counts.hits, counts.misses) == (2, 4)
+        clock.now += 0.02  # 1.01 s: dropped; ids[2] (answered at 0.6 s) is still cached
         assert (await lookup.fetch([ids[0]])).codes[0, 0] == 5
-        assert (counts.hits, counts.misses) == (1, 5)
-        clock.now += 5.0  # idle longer than the TTL: both generations go at the next fetch
+        assert (counts.hits, counts.misses) == (2, 5) and lookup.cached_items == 2
+        clock.now += 5.0  # idle longer than the TTL: every entry goes at the next fetch
         await other.write([ids[0]], np.array([[7, 7, 7]]))
         assert (await lookup.fetch([ids[0]])).codes[0, 0] == 7
+        assert lookup.cached_items == 1
         for store in (lookup.store, other):
             await store.redis.aclose()
 
@@ -122,15 +126,18 @@ def test_a_read_that_overlaps_a_write_of_this_process_is_not_cached(redis_url: s
     asyncio.run(main())
 
 
-def test_size_is_bounded_by_early_rotation(redis_url: str) -> None:
+def test_size_is_bounded_by_dropping_the_oldest_entries(redis_url: str) -> None:
     async def main() -> None:
         ids = _ids(100)
         writer = _store(redis_url)
         await writer.write(ids, np.zeros((100, 3), dtype=np.int64))
-        lookup = FeatureLookup(_store(redis_url), FEATURES, 3600.0, 40, clock=Clock())
+        counts = Counts()
+        lookup = FeatureLookup(_store(redis_url), FEATURES, 3600.0, 40, on_lookup=counts, clock=Clock())
         for start in range(0, 100, 10):
             await lookup.fetch(ids[start : start + 10])
-            assert lookup.cached_items <= 40 + 10  # a generation may overshoot by one request's misses
+            assert lookup.cached_items <= 40 + 10  # may overshoot by one request's misses until the next fetch
+        await lookup.fetch([ids[-1], ids[0]])
+        assert (counts.hits, counts.misses) == (1, 101)  # the newest entries stay, the oldest went
         for store in (lookup.store, writer):
             await store.redis.aclose()
 
