@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -52,7 +52,7 @@ from .schemas import (
     ReadyOut,
     RetirementOut,
 )
-from .security import Guard, GuardedRoute
+from .security import DirectRoute, Guard, GuardedRoute
 from .settings import Settings
 from .storage import StorageUnavailable
 from .versions import (
@@ -89,6 +89,12 @@ class ServiceState:
         self.registry = ModelRegistry(load_servings(s, self.redis, self._count_cache), self.redis, s, self.metrics)
         await self.registry.start()
 
+    def ready_registry(self) -> ModelRegistry:
+        """The model registry; NotReady (503) until the lifespan has opened it."""
+        if self.registry is None:
+            raise NotReady()
+        return self.registry
+
     @property
     def serving(self) -> Serving | None:
         """The active version's Serving; None while none can be served."""
@@ -115,9 +121,7 @@ async def get_state(request: Request) -> ServiceState:
 
 
 async def get_registry(state: Annotated[ServiceState, Depends(get_state)]) -> ModelRegistry:
-    if state.registry is None:
-        raise NotReady()
-    return state.registry
+    return state.ready_registry()
 
 
 async def get_serving(registry: Annotated[ModelRegistry, Depends(get_registry)]) -> Serving:
@@ -420,17 +424,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             collision_index=int(found.index[0]) if found.index is not None else None,
         )  # fmt: skip
 
-    @app.post(
+    # The hot read path: DirectRoute calls these endpoints without FastAPI's dependency solving.
+    hot = APIRouter(route_class=DirectRoute)
+
+    @hot.post(
         "/v1/features", response_model=FeaturesOut, tags=["features"],
         responses={413: _E413, 422: _E422, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
         openapi_extra=_features_openapi(), summary="SIDs and embedding-table rows of candidates and history, in one call",
     )  # fmt: skip
-    async def features(request: Request, registry: Models) -> Response:
+    async def features(request: Request) -> Response:
         """Answers aligned with the request order; duplicates are answered at each position. Unknown
         items are not an error: `known` is false, `sids` null and `rows` all 0 (the reserved row).
         `version` picks a loaded model version (default: the active one)."""
         body = _parse_features_body(await request.body())
-        serving = _resolve(registry, body.version, ("body", "version"))
+        serving = _resolve(state.ready_registry(), body.version, ("body", "version"))
         ids = body.candidates + body.history
         found = await serving.lookup.fetch(ids)
         unknown = int(len(ids) - found.known.sum())
@@ -439,18 +446,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         content = features_json(serving.model.version, serving.features_out, found, len(body.candidates))
         return Response(content, media_type="application/json")
 
-    @app.post(
+    @hot.post(
         "/v1/_noop", response_model=NoopOut, tags=["benchmark"],
         responses={413: _E413, 422: _E422, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
         openapi_extra=_features_openapi(), summary="Benchmark aid: the features request without Redis or features (HTTP + framework floor)",
     )  # fmt: skip
-    async def noop(request: Request, serving: Ready) -> Response:
+    async def noop(request: Request) -> Response:
         """Takes the features endpoint's body through the same route class, guard, body limit,
         parsing and validation, then answers a constant-size JSON without touching Redis. The
         difference between /v1/features and this endpoint is the cost of the lookup itself
         (`python -m loadtest bench`). Harmless in production: it reads nothing and writes nothing."""
+        state.ready_registry().resolve(None)  # 503 while no model is served, like features
         body = _parse_features_body(await request.body())
         return Response(orjson.dumps({"ids": len(body.candidates) + len(body.history)}), media_type="application/json")
+
+    app.include_router(hot)
 
     @app.get("/healthz", response_model=HealthOut, tags=["health"], summary="Liveness")
     async def healthz() -> HealthOut:

@@ -156,3 +156,32 @@ def test_unauthenticated_mode_is_open(sid_bundle: Path, redis_url: str, caplog: 
         with serve(settings) as service:
             assert httpx.post(service.url + "/v1/items", json={}).status_code == 422  # no 401: open
     assert any("NO AUTHENTICATION" in r.getMessage() for r in caplog.records)
+
+
+def test_a_direct_route_refuses_what_it_would_skip() -> None:
+    """DirectRoute calls its endpoint without FastAPI's dependency solving: any other dependency
+    or parameter would be silently skipped, so declaring one fails at startup."""
+    from fastapi import APIRouter, Depends, Request, Response
+
+    from sidserve.settings import Settings
+
+    _, read_access = security.Guard(Settings(allow_unauthenticated=True)).dependencies()
+    router = APIRouter(route_class=security.DirectRoute)
+
+    async def endpoint(request: Request) -> Response:
+        return Response()
+
+    async def extra() -> None:
+        return None
+
+    async def with_query(request: Request, limit: int) -> Response:
+        return Response()
+
+    with pytest.raises(TypeError, match="one dependency is the guard"):
+        router.add_api_route("/a", endpoint, methods=["POST"], dependencies=[Depends(read_access), Depends(extra)])
+    with pytest.raises(TypeError, match="one dependency is the guard"):
+        router.add_api_route("/b", endpoint, methods=["POST"])
+    with pytest.raises(TypeError, match="takes only `request`"):
+        router.add_api_route("/c", with_query, methods=["POST"], dependencies=[Depends(read_access)])
+    router.add_api_route("/d", endpoint, methods=["POST"], dependencies=[Depends(read_access)])
+    assert [r.path for r in router.routes] == ["/d"]
