@@ -53,7 +53,7 @@ class Settings(BaseSettings):
         description="TIGER's collision index: each item also gets k = 0, 1, 2... among the items sharing its "
         "full SID (an atomic Redis counter per SID; stable while the item's SID is unchanged), served beside "
         "the SID. Widens stored values by 4 bytes; must match what a model version was first written with. "
-        "Reads that return k always ask Redis (the SID cache is not used for them).",
+        "The per-process SID cache holds k beside the SID, under the same staleness bound.",
     )
     onnx_intra_op_threads: PositiveInt = Field(
         default=1,
