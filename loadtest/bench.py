@@ -49,10 +49,15 @@ def http_sets(n_items: int, rate: float, sizes: list[int], seed: int = 7) -> dic
     return id_sets(n_items, max(2048, int(rate * workload.CACHE_SAFE_CYCLE_S)), sizes, seed)
 
 
-def mget_floor(url: str, codes: np.ndarray, sets: list[list[str]], iters: int) -> dict:
-    """Sync redis-py MGET, one process, closed loop, of plain string keys `floor:<item_id>` holding
-    each item's codes packed little-endian (uint16 for K = 2048: 16 bytes), written to database 1
-    of the same Redis for the IDs the sets use: the floor whatever layout the service stores."""
+def mget_floor(url: str, codes: np.ndarray, sets: list[list[str]], iters: int, rate: float | None = None) -> dict:
+    """Sync redis-py MGET, one process, of plain string keys `floor:<item_id>` holding each item's
+    codes packed little-endian (uint16 for K = 2048: 16 bytes), written to database 1 of the same
+    Redis for the IDs the sets use: the floor whatever layout the service stores.
+
+    Closed loop by default. With `rate`, one call every 1/rate s (the time of each call itself is
+    recorded): Redis and this process then idle between calls as they do under the open-model
+    HTTP points, which on a shared VM makes every round trip slower (cold caches, sleeping vCPUs:
+    the same Redis read took 2.5x longer with 4 ms pauses between calls than back to back)."""
     r = redis.Redis.from_url(url, db=1)
     ids = sorted({i for s in sets for i in s})
     dtype = "<u1" if codes.max() < 256 else "<u2"
@@ -64,8 +69,12 @@ def mget_floor(url: str, codes: np.ndarray, sets: list[list[str]], iters: int) -
     h = LatencyHistogram()
     for ks in keysets[: min(200, len(keysets))]:  # warm-up
         r.mget(ks)
+    next_call = time.perf_counter()
     for n in range(iters):
         ks = keysets[n % len(keysets)]
+        if rate:
+            next_call += 1.0 / rate
+            time.sleep(max(0.0, next_call - time.perf_counter()))
         t = time.perf_counter()
         vals = r.mget(ks)
         h.record_s(time.perf_counter() - t)
@@ -200,9 +209,12 @@ def main(args) -> int:
         floor = {}
         for size in sizes:
             floor[size] = {"mget": mget_floor(rs.url, codes, floor_sets[size], iters[size]),
+                           "mget_paced": mget_floor(rs.url, codes, floor_sets[size], min(iters[size], int(args.rate * 10)),
+                                                    rate=args.rate),
                            "storage_read": storage_read(rs.url, m, floor_sets[size], iters[size]),
                            "encode": encode_time(m, codes, floor_sets[size], size, iters[size])}
-            print(f"[bench] floor {size:>4} IDs: MGET p50 {floor[size]['mget']['p50_ms']:.3f} ms, "
+            print(f"[bench] floor {size:>4} IDs: MGET p50 {floor[size]['mget']['p50_ms']:.3f} ms "
+                  f"({floor[size]['mget_paced']['p50_ms']:.3f} ms at {args.rate:g} calls/s), "
                   f"SidStore.read p50 {floor[size]['storage_read']['p50_ms']:.3f} ms, "
                   f"response encoding p50 {floor[size]['encode']['p50_ms']:.3f} ms", flush=True)
 
@@ -232,6 +244,7 @@ def main(args) -> int:
         noop = hp.get("noop", {}).get("client", {})
         row = {"ids": size,
                "mget_p50_ms": fl["mget"]["p50_ms"], "mget_p99_ms": fl["mget"]["p99_ms"],
+               "mget_paced_p50_ms": fl["mget_paced"]["p50_ms"], "mget_paced_p99_ms": fl["mget_paced"]["p99_ms"],
                "storage_read_p50_ms": fl["storage_read"]["p50_ms"], "storage_read_p99_ms": fl["storage_read"]["p99_ms"],
                "encode_p50_ms": fl["encode"]["p50_ms"], "encode_p99_ms": fl["encode"]["p99_ms"],
                "cache_hit_rate": f.get("cache_hit_rate"),
@@ -241,6 +254,7 @@ def main(args) -> int:
                "features_errors": sum(f["errors"].values()), "features_late_sends": f["late_sends"]}
         for q in ("p50", "p99"):
             row[f"server_over_mget_{q}"] = _ratio(srv.get(f"{q}_ms"), fl["mget"][f"{q}_ms"])
+            row[f"server_over_mget_paced_{q}"] = _ratio(srv.get(f"{q}_ms"), fl["mget_paced"][f"{q}_ms"])
             nq = noop.get(f"{q}_ms")
             row[f"client_over_noop_plus_mget_{q}"] = (
                 _ratio(f["client"][f"{q}_ms"], nq + fl["mget"][f"{q}_ms"]) if nq is not None else None)
@@ -261,20 +275,23 @@ def main(args) -> int:
 def summary_table(rows: list[dict]) -> str:
     f = lambda v: "    n/a" if v is None else f"{v:7.3f}"  # noqa: E731
     g = lambda v: "  n/a" if v is None else f"{v:5.2f}"  # noqa: E731
-    lines = ["ms; MGET = sync redis-py+hiredis, one process; store = SidStore.read (redis.asyncio, no cache); "
+    lines = ["ms; MGET = sync redis-py+hiredis, one process, closed loop; MGET@rate = the same, one call per "
+             "1/rate s; store = SidStore.read (redis.asyncio, no cache); "
              "encode = the service's response encoding alone (sidserve.responses.features_json); "
              "client = open-model latency from intended send; server = Prometheus histogram (interpolated)",
-             f"{'IDs':>5} | {'MGET p50':>8} {'p99':>7} | {'store p50':>9} {'p99':>7} | {'encode p50':>10} | "
-             f"{'noop p50':>8} {'p99':>7} | "
+             f"{'IDs':>5} | {'MGET p50':>8} {'p99':>7} | {'MGET@rate p50':>13} {'p99':>7} | {'store p50':>9} {'p99':>7} | "
+             f"{'encode p50':>10} | {'noop p50':>8} {'p99':>7} | "
              f"{'client p50':>10} {'p99':>7} | {'server p50':>10} {'p99':>7} | {'srv/MGET p50':>12} {'p99':>5} | "
-             f"{'cli/(noop+MGET) p50':>19} {'p99':>5} | {'cache hits':>10}"]
+             f"{'srv/MGET@rate p50':>17} {'p99':>5} | {'cli/(noop+MGET) p50':>19} {'p99':>5} | {'cache hits':>10}"]
     for r in rows:
         lines.append(
-            f"{r['ids']:>5} | {f(r['mget_p50_ms']):>8} {f(r['mget_p99_ms'])} | {f(r['storage_read_p50_ms']):>9} "
+            f"{r['ids']:>5} | {f(r['mget_p50_ms']):>8} {f(r['mget_p99_ms'])} | {f(r['mget_paced_p50_ms']):>13} "
+            f"{f(r['mget_paced_p99_ms'])} | {f(r['storage_read_p50_ms']):>9} "
             f"{f(r['storage_read_p99_ms'])} | {f(r['encode_p50_ms']):>10} | {f(r['noop_p50_ms']):>8} {f(r['noop_p99_ms'])} | "
             f"{f(r['features_client_p50_ms']):>10} {f(r['features_client_p99_ms'])} | "
             f"{f(r['features_server_p50_ms']):>10} {f(r['features_server_p99_ms'])} | "
             f"{g(r['server_over_mget_p50']):>12} {g(r['server_over_mget_p99'])} | "
+            f"{g(r['server_over_mget_paced_p50']):>17} {g(r['server_over_mget_paced_p99'])} | "
             f"{g(r['client_over_noop_plus_mget_p50']):>19} {g(r['client_over_noop_plus_mget_p99'])} | "
             f"{g(r['cache_hit_rate']):>10}")
     return "\n".join(lines)
