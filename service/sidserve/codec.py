@@ -4,6 +4,8 @@
   once. Part of the stored format: changing the constants or the mixing is a new layout.
 - `BitPacker`: an item's L codes of b = ceil(log2 K) bits each, packed little-endian into
   ceil(L * b / 8) bytes (L = 8, K = 2048: 88 bits = 11 bytes, against 16 for uint16 codes).
+- `id_records` / `unpack_ids`: item IDs as length-prefixed records, the format of the update
+  notices the storage write functions publish (sidserve.notices).
 
 storage.py decides where these bytes go in Redis; this module only turns IDs and codes into
 bytes and back.
@@ -53,6 +55,28 @@ class IdHasher:
             lengths = np.count_nonzero(cp, axis=1).astype(np.uint64)
         with np.errstate(over="ignore"):
             return cp @ self._keys[:width] + lengths[:, None] * self._len_keys
+
+
+def id_records(item_ids: Sequence[str]) -> list[bytes]:
+    """Each ID as one record: its UTF-8 length as 2 bytes little-endian, then the bytes. IDs may
+    hold any character (no separator is safe) and have at most 256 bytes."""
+    records = []
+    for item_id in item_ids:
+        raw = item_id.encode()
+        records.append(len(raw).to_bytes(2, "little") + raw)
+    return records
+
+
+def unpack_ids(blob: bytes) -> list[str]:
+    """The IDs of concatenated id_records; ValueError if the blob is not a whole number of records."""
+    ids, pos = [], 0
+    while pos < len(blob):
+        end = pos + 2 + int.from_bytes(blob[pos : pos + 2], "little")
+        if end > len(blob):
+            raise ValueError(f"truncated ID record at byte {pos} of {len(blob)}")
+        ids.append(blob[pos + 2 : end].decode())
+        pos = end
+    return ids
 
 
 def code_bits(codebook_size: int) -> int:

@@ -15,17 +15,25 @@ its feature rows (`feature_rows`, the one index function) as int64 bytes, so a h
 lookup and no unpacking, hashing or index arithmetic; misses go through the same function.
 
 Staleness contract (SIDSERVE_CACHE_TTL_S; 0 turns the cache off):
-- An entry is served at most `ttl_s` after Redis answered it. An item's SID changes only when its
-  content is re-uploaded with new content (`updated`); another process (worker or replica)
-  serves that update within ttl_s. This process's own writes drop their entries at once.
-- Unknown items are never cached: an item is served at its first read after its write.
+- An item's SID changes only when its content is re-uploaded with new content (`updated`). This
+  process's own writes drop their entries at once. Unknown items are never cached: an item is
+  served at its first read after its write.
+- Updates made through other processes (workers, replicas, sidserve-backfill) reach this one as
+  update notices: the storage write functions publish the IDs of updated items on Redis Pub/Sub in
+  the same atomic call as the write, and sidserve.notices drops them here (`forget`), within
+  milliseconds. While those notices are being heard (`following`), an entry lives up to
+  `max_age_s` (SIDSERVE_CACHE_MAX_AGE_S); whenever they are not (no subscription yet, a lost
+  connection, a heartbeat missed), up to `ttl_s` after Redis answered it, the bound that holds
+  without any notice. A (re)subscription empties the cache first (`resync`): notices published
+  while this process was not listening are lost.
 - One dict holds the entries, and a queue remembers which IDs each fetch inserted and when, oldest
-  first; every fetch first drops the batches older than ttl_s (or the oldest ones while the cache
-  holds more than `max_items` entries). A lookup is one dict get per ID, with no per-entry clock
-  check, and expiry costs one dict delete per entry, spread over the requests. (The previous
-  design, two dict generations rotated every ttl_s / 2, cost a second dict get for half of the
-  IDs, kept entries ~0.75 ttl_s on average instead of ttl_s, and dropped 100k entries at once
-  at each rotation.) The cache may exceed max_items by one request's misses until the next fetch.
+  first; every fetch first drops the batches older than the lifetime (or the oldest ones while
+  the cache holds more than `max_items` entries). A lookup is one dict get per ID, with no
+  per-entry clock check, and expiry costs one dict delete per entry, spread over the requests.
+  (The previous design, two dict generations rotated every ttl_s / 2, cost a second dict get for
+  half of the IDs, kept entries ~0.75 ttl_s on average instead of ttl_s, and dropped 100k entries
+  at once at each rotation.) The cache may exceed max_items by one request's misses until the
+  next fetch.
 """
 
 from __future__ import annotations
@@ -57,11 +65,13 @@ class FeatureLookup:
     """SIDs and feature rows of one model version's items: the process cache, then Redis."""
 
     def __init__(
-        self, store: SidStore, features: FeatureConfig, ttl_s: float, max_items: int,
+        self, store: SidStore, features: FeatureConfig, ttl_s: float, max_items: int, max_age_s: float = 0.0,
         on_lookup: Callable[[int, int], None] | None = None, clock: Callable[[], float] = time.monotonic,
     ) -> None:  # fmt: skip
         self.store, self.features = store, features
         self.ttl_s, self.max_items = ttl_s, max_items
+        self.max_age_s = max(ttl_s, max_age_s)  # an entry's lifetime while update notices are heard
+        self.following = False  # set by sidserve.notices while it hears this version's update notices
         self._on_lookup = on_lookup  # called with (cache hits, cache misses) per fetch
         self._clock = clock
         self._levels, self._tokens = store.levels, features.num_tokens
@@ -126,10 +136,18 @@ class FeatureLookup:
         for item_id in item_ids:
             self._entries.pop(item_id, None)
 
+    def resync(self) -> None:
+        """Drop every entry, and cache nothing from reads in flight: update notices may have been
+        missed (called when the subscription to them is (re)made)."""
+        self._writes += 1
+        self._entries.clear()
+        self._batches.clear()
+
     def _expire(self, now: float) -> None:
         # A batch may list an ID that was dropped and inserted again since (forget, then a read):
         # popping it then ends the newer entry early, never late.
-        batches, entries, horizon = self._batches, self._entries, now - self.ttl_s
+        lifetime = self.max_age_s if self.following else self.ttl_s
+        batches, entries, horizon = self._batches, self._entries, now - lifetime
         while batches and (batches[0][0] <= horizon or len(entries) > self.max_items):
             for item_id in batches.popleft()[1]:
                 entries.pop(item_id, None)

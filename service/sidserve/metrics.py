@@ -50,6 +50,12 @@ class Metrics:
             "sidserve_sid_cache_lookups_total", "Item IDs of reads answered by the per-process SID cache or Redis.",
             ["result"], registry=r,
         )  # fmt: skip
+        self.notices = Counter(
+            "sidserve_update_notices_total",
+            "Update notices (sidserve.notices): subscriptions made (each empties the SID cache), times they "
+            "were lost (entries then live SIDSERVE_CACHE_TTL_S), and cached items dropped by notices.",
+            ["event"], registry=r,
+        )  # fmt: skip
         self.model_info = Gauge(
             "sidserve_model_info", "1 for each loaded model bundle (0 once retired).",
             ["model_version", "levels", "codebook_size"], registry=r, multiprocess_mode="max",

@@ -112,10 +112,19 @@ class Settings(BaseSettings):
     )  # fmt: skip
     cache_ttl_s: NonNegativeFloat = Field(
         default=5.0,
-        description="Per-process cache of hot items' SIDs and feature rows (sidserve.lookup): an entry is "
-        "served at most this many seconds after Redis answered it, which bounds how stale an item re-uploaded "
-        "with new content through another worker or replica can be (this process's own writes are seen at "
-        "once; unknown items are never cached). 0 = no cache: every lookup goes to Redis.",
+        description="Per-process cache of hot items' SIDs and feature rows (sidserve.lookup): while this "
+        "process does not hear update notices (see cache_max_age_s), an entry is served at most this many "
+        "seconds after Redis answered it, which bounds how stale an item re-uploaded with new content through "
+        "another worker or replica can be (this process's own writes are seen at once; unknown items are never "
+        "cached). 0 = no cache: every lookup goes to Redis.",
+    )
+    cache_max_age_s: NonNegativeFloat = Field(
+        default=60.0,
+        description="While this process hears update notices (Redis Pub/Sub, published by every write of an "
+        "updated item in the same atomic call; sidserve.notices), cache entries live up to this many seconds: "
+        "other processes' updates then reach the cache within milliseconds, and a longer life raises the hit "
+        "rate. When notices are not heard (connection lost, 3 s without a heartbeat) cache_ttl_s applies. "
+        "0 = do not follow notices (cache_ttl_s always). Values below cache_ttl_s count as cache_ttl_s.",
     )
     cache_max_items: PositiveInt = Field(
         default=200_000,

@@ -47,6 +47,7 @@ from .features import FeatureConfig
 from .lookup import FeatureLookup
 from .metrics import Metrics
 from .model import BundleError, SidModel
+from .notices import UpdateFollower
 from .schemas import VERSION_PATTERN, FeatureConfigOut
 from .settings import Settings
 from .storage import SidStore, StorageUnavailable, WriteStatus
@@ -143,7 +144,7 @@ def load_servings(
             redis, model.version, model.levels, model.codebook_size, s.key_prefix, s.store_bucket_bits,
             collision_index=s.collision_index, fingerprint_bytes=s.store_fingerprint_bytes,
         )  # fmt: skip
-        lookup = FeatureLookup(store, features, s.cache_ttl_s, s.cache_max_items, on_lookup=on_cache)
+        lookup = FeatureLookup(store, features, s.cache_ttl_s, s.cache_max_items, s.cache_max_age_s, on_lookup=on_cache)
         servings.append(Serving(model, store, lookup, features, features_out))
         log.info(
             "model %s loaded from %s: D=%d L=%d K=%d; features %s",
@@ -212,6 +213,12 @@ class ModelRegistry:
         self._logged_mismatch: str | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        # The SID caches hear other processes' updates (sidserve.notices) unless the cache or that option is off.
+        self._follower = (
+            UpdateFollower(redis, {s.store.updates_channel: s.lookup for s in servings}, metrics, self._stopped)
+            if servings and settings.cache_ttl_s > 0 and settings.cache_max_age_s > 0 else None
+        )  # fmt: skip
+        self._following: asyncio.Task[None] | None = None
         for s in servings:
             metrics.model_info.labels(s.version, str(s.model.levels), str(s.model.codebook_size)).set(1)
         self._set_active(self._active)
@@ -234,10 +241,13 @@ class ModelRegistry:
             log.warning("Redis unreachable at startup (%s): serving %s until the active version can be read",
                         e, self._active)  # fmt: skip
         self._refresher = asyncio.create_task(self._refresh_loop(), name="sidserve-active-refresh")
+        if self._follower is not None:
+            self._following = asyncio.create_task(self._follower.run(), name="sidserve-update-notices")
 
     async def stop(self) -> None:
         self._stopped.set()
-        tasks = [t for t in (self._refresher, *(t for t, _ in self._retiring.values())) if t is not None]
+        background = (self._refresher, self._following, *(t for t, _ in self._retiring.values()))
+        tasks = [t for t in background if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

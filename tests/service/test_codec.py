@@ -1,10 +1,11 @@
-"""codec: ID hashes independent of the rest of the request, bit-packing round trips."""
+"""codec: ID hashes independent of the rest of the request, bit-packing and ID-record round trips."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from sidserve import codec
 from sidserve.codec import BitPacker, IdHasher, code_bits
 
 
@@ -53,3 +54,12 @@ def test_bit_layout_is_little_endian() -> None:
     assert int.from_bytes(blob, "little") == sum(c << (11 * i) for i, c in enumerate([2047, 1, 2, 3, 4, 5, 6, 258]))
     with pytest.raises(ValueError):
         p.unpack(blob[:-1], 1)
+
+
+def test_id_records_round_trip_any_characters() -> None:
+    ids = ["a", "line\nbreak", "ünïcödé-商品", "x" * 256, "nul\x00inside"]
+    blob = b"".join(codec.id_records(ids))
+    assert codec.unpack_ids(blob) == ids
+    assert codec.unpack_ids(b"") == []
+    with pytest.raises(ValueError, match="truncated"):
+        codec.unpack_ids(blob[:-1])

@@ -160,3 +160,24 @@ def test_collision_index_is_cached_and_served_beside_the_sid(redis_url: str) -> 
         await store.redis.aclose()
 
     asyncio.run(main())
+
+
+def test_entries_live_max_age_only_while_update_notices_are_heard(redis_url: str) -> None:
+    async def main() -> None:
+        [item] = _ids(1)
+        clock, counts = Clock(), Counts()
+        lookup = FeatureLookup(_store(redis_url), FEATURES, 1.0, 1000, 60.0, on_lookup=counts, clock=clock)
+        await lookup.store.write([item], np.array([[1, 1, 1]]))
+        lookup.following = True  # as sidserve.notices sets it while subscribed
+        await lookup.fetch([item])
+        clock.now += 30  # past the TTL, within the max age: still cached
+        await lookup.fetch([item])
+        assert (counts.hits, counts.misses) == (1, 1)
+        lookup.following = False  # notices lost: the 1 s TTL applies again
+        await lookup.fetch([item])
+        assert (counts.hits, counts.misses) == (1, 2)
+        lookup.resync()  # a new subscription: nothing cached before is kept
+        assert lookup.cached_items == 0
+        await lookup.store.redis.aclose()
+
+    asyncio.run(main())

@@ -112,7 +112,8 @@ def test_write_is_one_function_call_all_or_nothing(redis_url: str) -> None:
         assert _delta(before, _calls(r)) == {"fcall": 1, "hget": 5, "hset": 5}
         before = _calls(r)
         assert await store.write(ids[:2], np.array([[1, 1, 1], [1, 1, 2]])) == ["unchanged", "updated"]
-        assert _delta(before, _calls(r)) == {"fcall": 1, "hget": 2, "hset": 1}  # unchanged: not rewritten
+        # unchanged: not rewritten; updated: announced to the SID caches (sidserve.notices) in the same call
+        assert _delta(before, _calls(r)) == {"fcall": 1, "hget": 2, "hset": 1, "publish": 1}
 
         # A foreign value type at one item's bucket: the whole batch fails, nothing is written.
         fresh = _ids(20)
