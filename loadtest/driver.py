@@ -44,6 +44,7 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 
 GENERATOR_NICE = -10
+GENERATOR_RT_PRIORITY = 1  # SCHED_FIFO's lowest: above every normal thread, below the kernel's own
 
 
 def run(coro):
@@ -51,9 +52,12 @@ def run(coro):
 
     The generator is the measuring instrument: on a 2-core machine shared with Redis and the
     service's workers, a descheduled generator sends late (counted as late sends; latency is still
-    measured from the intended time). Linux niceness is per thread, so only this thread is raised,
-    and only while it drives (Redis and the service were started before, at normal priority).
-    Needs root or CAP_SYS_NICE; otherwise it runs at normal priority.
+    measured from the intended time). So while it drives, this thread runs under SCHED_FIFO (it
+    runs as soon as a send is due; it sleeps between sends, and Linux caps real-time threads at
+    95 % of a CPU anyway), or at nice -10 where real-time is not allowed. Scheduling classes and
+    niceness are per thread on Linux: only this thread is raised, and only while it drives
+    (Redis and the service were started before, at normal priority). Needs root or CAP_SYS_NICE;
+    otherwise it runs at normal priority.
     """
     raised = _raise_priority()
     # The request pools and ID sets built before the run are many long-lived objects: a full
@@ -68,17 +72,23 @@ def run(coro):
         loop.close()
         gc.unfreeze()
         if raised is not None:
-            os.setpriority(os.PRIO_PROCESS, 0, raised)
+            raised()
 
 
-def _raise_priority() -> int | None:
-    """Set this thread's niceness to GENERATOR_NICE; returns the previous value, None if not allowed."""
+def _raise_priority() -> Callable[[], None] | None:
+    """Run this thread under SCHED_FIFO, else at niceness GENERATOR_NICE; returns what undoes
+    it, None if neither is allowed."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(GENERATOR_RT_PRIORITY))
+        return lambda: os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (PermissionError, AttributeError, OSError):  # not allowed / not Linux
+        pass
     try:
         before = os.getpriority(os.PRIO_PROCESS, 0)
         if before > GENERATOR_NICE:
             os.setpriority(os.PRIO_PROCESS, 0, GENERATOR_NICE)
-            return before
-    except (PermissionError, AttributeError):  # not root / not Linux
+            return lambda: os.setpriority(os.PRIO_PROCESS, 0, before)
+    except (PermissionError, AttributeError):
         pass
     return None
 
