@@ -186,7 +186,9 @@ local function publish_updates(channel, records, status, n)
   for i = 1, n do
     if status[i] == 'u' then updated[#updated + 1] = records[i] end
   end
-  if #updated > 0 then redis.call('PUBLISH', channel, table.concat(updated)) end
+  -- pcall: the write is applied by now, so a refused notice (an ACL user without this channel)
+  -- must not turn it into an error; readers that cannot subscribe fall back to their short TTL.
+  if #updated > 0 then redis.pcall('PUBLISH', channel, table.concat(updated)) end
 end
 
 -- KEYS: the bucket of each item; ARGV: fingerprints, values (w bytes each), f, w[, channel, IDs].

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 from service_fixtures import AUTH, serve, service_settings
 
 from sidserve import codec, notices
@@ -215,3 +215,26 @@ def test_two_services_sharing_redis_see_each_others_updates_at_once(
         while sid_at_b() != updated["sid"]:
             assert time.monotonic() - written < 1.0, "B still serves the old SID"
             time.sleep(0.005)
+
+
+def test_a_writer_not_allowed_to_publish_still_writes(redis_url: str) -> None:
+    """Redis 7 gives new ACL users no Pub/Sub channels: the notice is refused, the write must not be."""
+    async def main() -> None:
+        admin = Redis.from_url(redis_url)
+        user = "sidserve-nopub-" + uuid.uuid4().hex[:6]
+        await admin.acl_setuser(user, enabled=True, passwords=["+secret-password"], keys=["*"], commands=["+@all"],
+                                channels=[], reset_channels=True)  # fmt: skip
+        host_port = redis_url.split("//", 1)[1]
+        store = SidStore(connect(f"redis://{user}:secret-password@{host_port}", 0.25, 0.5, 8), VERSION, 3, 16)
+        ids = _ids(2)
+        assert await store.write(ids, np.array([[1, 1, 1], [2, 2, 2]])) == ["created"] * 2
+        assert await store.write(ids, np.array([[1, 1, 1], [7, 2, 2]])) == ["unchanged", "updated"]
+        codes, _ = await store.read(ids)
+        assert codes[:, 0].tolist() == [1, 7]
+        with pytest.raises(NoPermissionError):  # the user really lacks the channel
+            await store.redis.publish(store.updates_channel, b"x")
+        await store.redis.aclose()
+        await admin.acl_deluser(user)
+        await admin.aclose()
+
+    asyncio.run(main())
