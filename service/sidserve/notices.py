@@ -54,7 +54,7 @@ class UpdateFollower:
         self._redis, self._lookups, self._metrics = redis, dict(lookups), metrics
         # Checked besides cancellation: redis-py's timeouts can turn a cancellation into a ConnectionError.
         self._stopped = stopped
-        self._failing = False  # logged once per outage
+        self.failure: str | None = None  # why notices are not heard, from the first failure until they are again
 
     async def run(self) -> None:
         """Subscribe and follow until stopped; every failure falls back to the short TTL and retries."""
@@ -64,11 +64,11 @@ class UpdateFollower:
             except (RedisError, RedisClusterException, OSError, Lost) as e:
                 if self._stopped.is_set():
                     return
-                if not self._failing:
+                if self.failure is None:  # logged and counted once per outage
                     log.warning("update notices not received (%s: %s): SID cache entries live "
                                 "SIDSERVE_CACHE_TTL_S until they are", type(e).__name__, e)  # fmt: skip
-                    self._failing = True
                     self._metrics.notices.labels("lost").inc()
+                self.failure = f"{type(e).__name__}: {e}"
             except Exception:  # a bug must not end the loop: the cache would stay on the short TTL
                 log.exception("following update notices failed")
             try:
@@ -107,9 +107,9 @@ class UpdateFollower:
             lookup.resync()
             lookup.following = True
             self._metrics.notices.labels("subscribed").inc()
-            if self._failing:
+            if self.failure is not None:
                 log.info("update notices received again")
-                self._failing = False
+                self.failure = None
         elif message["type"] == "message":
             ids = unpack_ids(message["data"])
             lookup.forget(ids)

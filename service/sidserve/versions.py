@@ -509,6 +509,9 @@ class ModelRegistry:
             )
         if self._refresh_error is not None:
             out.append(f"cannot read the active model version from Redis ({self._refresh_error}): serving {self._active}")
+        if self._follower is not None and self._follower.failure is not None:
+            out.append(f"update notices not received ({self._follower.failure}): SID cache entries live "
+                       "SIDSERVE_CACHE_TTL_S, not SIDSERVE_CACHE_MAX_AGE_S, until they are")  # fmt: skip
         return out
 
     def describe(self) -> dict[str, Any]:

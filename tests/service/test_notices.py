@@ -89,11 +89,13 @@ def test_malformed_id_records_are_refused_before_anything_is_written(redis_url: 
     asyncio.run(main())
 
 
-def _follow(redis_url: str, ttl_s: float = 1.0) -> tuple[FeatureLookup, Metrics, asyncio.Event, asyncio.Task]:
+def _follow(
+    redis_url: str, ttl_s: float = 1.0
+) -> tuple[FeatureLookup, Metrics, asyncio.Event, UpdateFollower, asyncio.Task]:
     lookup = FeatureLookup(SidStore(connect(redis_url, 0.25, 0.5, 8), VERSION, 3, 16), FEATURES, ttl_s, 1000, 60.0)
     metrics, stopped = Metrics(), asyncio.Event()
     follower = UpdateFollower(lookup.store.redis, {lookup.store.updates_channel: lookup}, metrics, stopped)
-    return lookup, metrics, stopped, asyncio.create_task(follower.run())
+    return lookup, metrics, stopped, follower, asyncio.create_task(follower.run())
 
 
 def _subscriptions(metrics: Metrics) -> float:
@@ -102,7 +104,7 @@ def _subscriptions(metrics: Metrics) -> float:
 
 def test_another_process_update_reaches_the_cache_within_milliseconds(redis_url: str) -> None:
     async def main() -> None:
-        lookup, metrics, stopped, task = _follow(redis_url, ttl_s=30.0)
+        lookup, metrics, stopped, _, task = _follow(redis_url, ttl_s=30.0)
         await _until(lambda: lookup.following)
         writer = SidStore(connect(redis_url, 0.25, 0.5, 8), VERSION, 3, 16)  # another process
         ids = _ids(2)
@@ -125,7 +127,7 @@ def test_another_process_update_reaches_the_cache_within_milliseconds(redis_url:
 
 def test_a_dropped_subscription_empties_the_cache_when_it_is_made_again(redis_url: str) -> None:
     async def main() -> None:
-        lookup, metrics, stopped, task = _follow(redis_url)
+        lookup, metrics, stopped, _, task = _follow(redis_url)
         await _until(lambda: lookup.following)
         ids = _ids(1)
         await lookup.store.write(ids, np.array([[1, 1, 1]]))
@@ -150,15 +152,17 @@ def test_a_silent_subscription_falls_back_to_the_short_ttl(redis_process: RedisP
     monkeypatch.setattr(notices, "RETRY_S", 0.2)
 
     async def main() -> None:
-        lookup, metrics, stopped, task = _follow(redis_process.url)
+        lookup, metrics, stopped, follower, task = _follow(redis_process.url)
         await _until(lambda: lookup.following)
         redis_process.pause()
         try:
             await _until(lambda: not lookup.following, timeout_s=5)
             assert metrics.notices.labels("lost")._value.get() == 1
+            assert follower.failure is not None and "Lost" in follower.failure  # /readyz shows it (warnings)
         finally:
             redis_process.resume()
         await _until(lambda: lookup.following and _subscriptions(metrics) >= 2)
+        assert follower.failure is None
         stopped.set()
         await task
         await lookup.store.redis.aclose()
