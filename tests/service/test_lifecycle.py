@@ -334,7 +334,7 @@ def test_redis_down_at_startup_serves_the_first_bundle(
     with serve(_settings(sid_bundle, sid_bundle_b, redis_process.url, prefix)) as service, _http(service) as http:
         listing = http.get("/v1/models").json()
         assert listing["active_version"] == a.version and "cannot read the active model version" in listing["warnings"][0]
-        _wait(lambda: any("update notices not received" in w for w in http.get("/readyz").json()["warnings"]))
+        _wait(lambda: any("update notices not received" in w for w in http.get("/v1/models").json()["warnings"]))
         redis_process.start()
         redis.Redis.from_url(redis_process.url).hset(f"{prefix}:models", "active", b.version)
         _wait(lambda: http.get("/v1/models").json()["active_version"] == b.version)
