@@ -13,6 +13,8 @@ Redis, and retiring a version (README "Model lifecycle").
   so in its log and in /readyz `warnings`: load a bundle on every replica before activating it.
 - Uploads write every loaded, non-retired version, so a new version stays complete while it is
   backfilled and a switch leaves no gap.
+- In the background, each process also follows the loaded versions' update notices
+  (sidserve.notices), so its SID caches hear of items other processes updated.
 - Retiring a version (never the active one: checked against Redis in the same script that records
   it) adds field `retired:<version>` = its JSON status to the hash. This process stops serving and
   writing it at once, the others at their next refresh; the deletion waits 2 refresh intervals +
