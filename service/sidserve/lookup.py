@@ -133,7 +133,8 @@ class FeatureLookup:
         return codes, known, None
 
     def forget(self, item_ids: Sequence[str]) -> None:
-        """Drop entries of items this process just wrote: its readers see its own writes at once."""
+        """Drop these items' entries: this process just wrote them (its readers see its own writes at
+        once), or an update notice named them (sidserve.notices)."""
         self._writes += 1
         for item_id in item_ids:
             self._entries.pop(item_id, None)
