@@ -40,16 +40,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .features import FeatureConfig, feature_rows
 from .storage import SidStore
-
-CACHE_SHARDS = 16  # a power of two
-_SHARD_MASK = CACHE_SHARDS - 1
 
 
 @dataclass(frozen=True)
@@ -81,20 +78,13 @@ class FeatureLookup:
         self._indexed = store.collision_index  # then k is read, cached and served too
         self._row_values = store.levels + features.num_tokens + (1 if self._indexed else 0)
         self._absent = bytes(8 * self._row_values)  # an unknown item's row: codes 0, rows 0
-        # Entries in CACHE_SHARDS dicts by hash(ID): CPython rebuilds a dict's table now and then under
-        # insert/delete churn, which took up to ~12 ms for one 200k-entry dict (a latency spike) and
-        # takes 1/16 of that per shard.
-        self._shards: list[dict[str, bytes]] = [{} for _ in range(CACHE_SHARDS)]
+        self._entries: dict[str, bytes] = {}
         self._batches: deque[tuple[float, tuple[str, ...]]] = deque()  # (answered at, IDs inserted), oldest first
         self._writes = 0  # bumped by forget(): a fetch that overlapped a write caches nothing
 
     @property
     def cached_items(self) -> int:
-        return sum(map(len, self._shards))
-
-    def _shards_of(self, item_ids: Sequence[str]) -> Iterator[dict[str, bytes]]:
-        # All C-level calls (hash, int.__and__, list.__getitem__): no Python frame per ID.
-        return map(self._shards.__getitem__, map(_SHARD_MASK.__and__, map(hash, item_ids)))
+        return len(self._entries)
 
     async def fetch(self, item_ids: Sequence[str]) -> Lookup:
         """Each ID's SID and rows, in request order (a repeated ID is answered at each position)."""
@@ -102,7 +92,8 @@ class FeatureLookup:
             codes, known, index = await self._read(item_ids)
             return Lookup(codes, feature_rows(codes, self.features, known), known, index)
         self._expire(self._clock())
-        entries: list[bytes | None] = list(map(dict.get, self._shards_of(item_ids), item_ids))
+        cache = self._entries
+        entries: list[bytes | None] = list(map(cache.get, item_ids))
         missing = [i for i, entry in enumerate(entries) if entry is None]
         known = np.ones(len(item_ids), dtype=bool)
         if missing:
@@ -111,14 +102,14 @@ class FeatureLookup:
             cacheable = writes == self._writes  # else Redis may have answered before the write
             columns = [codes, feature_rows(codes, self.features, found)] + ([index[:, None]] if index is not None else [])
             fetched = np.concatenate(columns, axis=1).tobytes()
-            width, shards = len(self._absent), self._shards
+            width = len(self._absent)
             inserted = []
             for j, i in enumerate(missing):
                 if found[j]:
                     entries[i] = entry = fetched[j * width : (j + 1) * width]
                     if cacheable:
                         item_id = item_ids[i]
-                        shards[hash(item_id) & _SHARD_MASK][item_id] = entry
+                        cache[item_id] = entry
                         inserted.append(item_id)
             if inserted:
                 # A tuple of str, unlike a list, leaves the cyclic GC's tracking after its first pass: with
@@ -145,23 +136,21 @@ class FeatureLookup:
         """Drop these items' entries: this process just wrote them (its readers see its own writes at
         once), or an update notice named them (sidserve.notices)."""
         self._writes += 1
-        for shard, item_id in zip(self._shards_of(item_ids), item_ids):
-            shard.pop(item_id, None)
+        for item_id in item_ids:
+            self._entries.pop(item_id, None)
 
     def resync(self) -> None:
         """Drop every entry, and cache nothing from reads in flight: update notices may have been
         missed (called when the subscription to them is (re)made)."""
         self._writes += 1
-        for shard in self._shards:
-            shard.clear()
+        self._entries.clear()
         self._batches.clear()
 
     def _expire(self, now: float) -> None:
         # A batch may list an ID that was dropped and inserted again since (forget, then a read):
         # popping it then ends the newer entry early, never late.
         lifetime = self.max_age_s if self.following else self.ttl_s
-        batches, horizon = self._batches, now - lifetime
-        while batches and (batches[0][0] <= horizon or self.cached_items > self.max_items):
-            ids = batches.popleft()[1]
-            for shard, item_id in zip(self._shards_of(ids), ids):
-                shard.pop(item_id, None)
+        batches, entries, horizon = self._batches, self._entries, now - lifetime
+        while batches and (batches[0][0] <= horizon or len(entries) > self.max_items):
+            for item_id in batches.popleft()[1]:
+                entries.pop(item_id, None)
