@@ -132,12 +132,17 @@ Ready = Annotated[Serving, Depends(get_serving)]
 Models = Annotated[ModelRegistry, Depends(get_registry)]
 
 
+def _not_loaded(e: VersionNotServed, version: str | None, loc: tuple[str, ...]) -> RequestValidationError:
+    """422 naming the field whose model version is not served here."""
+    return RequestValidationError([{"type": "version_not_loaded", "loc": loc, "msg": str(e), "input": version}])
+
+
 def _resolve(registry: ModelRegistry, version: str | None, loc: tuple[str, ...]) -> Serving:
     """The request's model version, resolved once; 422 naming the field when it is not served here."""
     try:
         return registry.resolve(version)
     except VersionNotServed as e:
-        raise RequestValidationError([{"type": "version_not_loaded", "loc": loc, "msg": str(e), "input": version}]) from e
+        raise _not_loaded(e, version, loc) from e
 
 
 def _retry_after_header(description: str) -> dict[str, Any]:
@@ -507,8 +512,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             await registry.activate(body.version)
         except VersionNotServed as e:
-            raise RequestValidationError([{"type": "version_not_loaded", "loc": ("body", "version"),
-                                           "msg": str(e), "input": body.version}]) from e  # fmt: skip
+            raise _not_loaded(e, body.version, ("body", "version")) from e
         return ModelsOut(**registry.describe())
 
     @app.delete(

@@ -456,6 +456,10 @@ class SidStore:
         self._meta_key = layout_key(prefix, model_version)
         self.updates_channel = updates_channel(prefix, model_version)
         self._prepared = False
+        # Decided once: the client (and so its connection class) is fixed for the store's life. No
+        # pool: a cluster client, or None for a store that only computes keys.
+        pool = None if self._cluster else getattr(redis, "connection_pool", None)
+        self._prepacking = getattr(getattr(pool, "connection_class", None), "packs_prepacked", False)
         self._use_bucket_bits(bucket_bits)
 
     # --- layout --------------------------------------------------------------------------------
@@ -466,7 +470,8 @@ class SidStore:
         self._key_table = (
             [self.bucket_key(b) for b in range(1 << bits)] if bits <= _KEY_TABLE_MAX_BITS else None
         )
-        self._resp_table = list(map(_resp, self._key_table)) if self._key_table is not None else None
+        # Keys pre-encoded for a connection that splices PackedArgs (read path); None: pass them plainly.
+        self._resp_table = list(map(_resp, self._key_table)) if self._key_table is not None and self._prepacking else None
 
     def bucket_key(self, bucket: int) -> bytes:
         return f"{self._prefix}:{{{self.model_version}:{bucket % self._groups:x}}}{bucket:x}".encode()
@@ -499,7 +504,7 @@ class SidStore:
 
     def _keys_arg(self, item_ids: Sequence[str]) -> tuple[list[Any], bytes]:
         """locate(), with the keys as one PackedArgs when the connection takes them."""
-        if self._resp_table is None or not getattr(self.redis.connection_pool.connection_class, "packs_prepacked", False):
+        if self._resp_table is None:
             return self.locate(item_ids)
         buckets, fields = self._buckets(item_ids)
         return [PackedArgs(len(buckets), b"".join(map(self._resp_table.__getitem__, buckets)))], fields
