@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import codec, storage
 from .metrics import Metrics
-from .responses import features_json
+from .responses import INDEX, SID, features_json
 from .schemas import (
     MAX_ITEM_ID_BYTES,
     ActiveIn,
@@ -422,11 +422,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> ItemRead:
         serving = _resolve(registry, version, ("query", "version"))
         found = await serving.lookup.fetch([item_id])
-        if not found.known[0]:
+        if found.unknown:
             raise HTTPException(404, f"item {item_id!r} has no SID under model {serving.model.version}")
+        answer = found.answers[0]
         return ItemRead(
-            item_id=item_id, sid=found.codes[0].tolist(), model_version=serving.model.version,
-            collision_index=int(found.index[0]) if found.index is not None else None,
+            item_id=item_id, sid=orjson.loads(answer[SID]), model_version=serving.model.version,
+            collision_index=orjson.loads(answer[INDEX]) if serving.store.collision_index else None,
         )  # fmt: skip
 
     # The hot read path: DirectRoute calls these endpoints without FastAPI's dependency solving.
@@ -445,10 +446,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         serving = _resolve(state.ready_registry(), body.version, ("body", "version"))
         ids = body.candidates + body.history
         found = await serving.lookup.fetch(ids)
-        unknown = int(len(ids) - found.known.sum())
-        state.metrics.feature_lookups.labels("true").inc(len(ids) - unknown)
-        state.metrics.feature_lookups.labels("false").inc(unknown)
-        content = features_json(serving.model.version, serving.features_out, found, len(body.candidates))
+        state.metrics.feature_lookups.labels("true").inc(len(ids) - found.unknown)
+        state.metrics.feature_lookups.labels("false").inc(found.unknown)
+        content = features_json(
+            serving.model.version, serving.features_out, found.answers, len(body.candidates), serving.store.collision_index
+        )  # fmt: skip
         return Response(content, media_type="application/json")
 
     @hot.post(

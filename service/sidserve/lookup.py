@@ -10,9 +10,10 @@ over 1M items at 75,000 lookups/s per worker (250 requests/s x 300 IDs) answered
 78 %); the full load test measured 74-79 % at 500-1,000 requests/s over 2 workers with the default
 5 s (README "Measured figures").
 
-What is cached: an item's output row as the features endpoint serves it, i.e. its L codes and
-its feature rows (`feature_rows`, the one index function) as int64 bytes, so a hit costs one dict
-lookup and no unpacking, hashing or index arithmetic; misses go through the same function.
+What is cached: an item's answer as the features endpoint serves it, pre-encoded as JSON
+fragments (sidserve.responses: known, its L codes, its feature rows from `feature_rows`, the one
+index function, and k with the collision index), so a hit costs one dict lookup and no unpacking,
+hashing, index arithmetic or number formatting; misses go through the same functions.
 
 Staleness contract (SIDSERVE_CACHE_TTL_S; 0 turns the cache off):
 - An item's SID changes only when its content is re-uploaded with new content (`updated`). This
@@ -42,23 +43,22 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
 from .features import FeatureConfig, feature_rows
+from .responses import Answer, encode_answers, unknown_answer
 from .storage import SidStore
 
 
 @dataclass(frozen=True)
 class Lookup:
-    """Aligned with the requested IDs: codes int64 [n, L], rows int64 [n, num_tokens], known bool [n],
-    and with the collision index (SIDSERVE_COLLISION_INDEX) each item's k int64 [n], else None.
-    Unknown items have codes 0, rows 0 (the reserved row) and k 0."""
+    """Aligned with the requested IDs: each item's answer (sidserve.responses.Answer; unknown items
+    get the unknown answer: known false, sid null, rows 0), and how many were unknown."""
 
-    codes: np.ndarray
-    rows: np.ndarray
-    known: np.ndarray
-    index: np.ndarray | None = None
+    answers: list[Answer]
+    unknown: int
 
 
 class FeatureLookup:
@@ -74,11 +74,9 @@ class FeatureLookup:
         self.following = False  # set by sidserve.notices while it hears this version's update notices
         self._on_lookup = on_lookup  # called with (cache hits, cache misses) per fetch
         self._clock = clock
-        self._levels, self._tokens = store.levels, features.num_tokens
         self._indexed = store.collision_index  # then k is read, cached and served too
-        self._row_values = store.levels + features.num_tokens + (1 if self._indexed else 0)
-        self._absent = bytes(8 * self._row_values)  # an unknown item's row: codes 0, rows 0
-        self._entries: dict[str, bytes] = {}
+        self._unknown = unknown_answer(features.num_tokens, self._indexed)
+        self._entries: dict[str, Answer] = {}
         self._batches: deque[tuple[float, tuple[str, ...]]] = deque()  # (answered at, IDs inserted), oldest first
         self._writes = 0  # bumped by forget(): a fetch that overlapped a write caches nothing
 
@@ -87,50 +85,51 @@ class FeatureLookup:
         return len(self._entries)
 
     async def fetch(self, item_ids: Sequence[str]) -> Lookup:
-        """Each ID's SID and rows, in request order (a repeated ID is answered at each position)."""
+        """Each ID's answer, in request order (a repeated ID is answered at each position)."""
         if self.ttl_s <= 0:
-            codes, known, index = await self._read(item_ids)
-            return Lookup(codes, feature_rows(codes, self.features, known), known, index)
+            answers = await self._read(item_ids)
+            return Lookup([a if a is not None else self._unknown for a in answers], answers.count(None))
         self._expire(self._clock())
         cache = self._entries
-        entries: list[bytes | None] = list(map(cache.get, item_ids))
-        missing = [i for i, entry in enumerate(entries) if entry is None]
-        known = np.ones(len(item_ids), dtype=bool)
+        answers: list[Answer | None] = list(map(cache.get, item_ids))
+        missing = [i for i, answer in enumerate(answers) if answer is None]
+        unknown = 0
         if missing:
             writes = self._writes
-            codes, found, index = await self._read([item_ids[i] for i in missing])
+            read = await self._read([item_ids[i] for i in missing])
             cacheable = writes == self._writes  # else Redis may have answered before the write
-            columns = [codes, feature_rows(codes, self.features, found)] + ([index[:, None]] if index is not None else [])
-            fetched = np.concatenate(columns, axis=1).tobytes()
-            width = len(self._absent)
             inserted = []
-            for j, i in enumerate(missing):
-                if found[j]:
-                    entries[i] = entry = fetched[j * width : (j + 1) * width]
-                    if cacheable:
-                        item_id = item_ids[i]
-                        cache[item_id] = entry
-                        inserted.append(item_id)
+            for i, answer in zip(missing, read):
+                if answer is None:
+                    answers[i] = self._unknown
+                    unknown += 1
+                    continue
+                answers[i] = answer
+                if cacheable:
+                    cache[item_ids[i]] = answer
+                    inserted.append(item_ids[i])
             if inserted:
                 # A tuple of str, unlike a list, leaves the cyclic GC's tracking after its first pass: with
                 # 4,000 batches of 50 IDs a full collection took 0.7 ms instead of 5.3 ms (a latency spike).
                 self._batches.append((self._clock(), tuple(inserted)))
-            known[missing] = found
         if self._on_lookup is not None:
             self._on_lookup(len(item_ids) - len(missing), len(missing))
-        absent = self._absent
-        table = np.frombuffer(b"".join([e if e is not None else absent for e in entries]), dtype=np.int64)
-        table = table.reshape(len(item_ids), self._row_values)
-        # Contiguous copies: orjson serializes only C-contiguous arrays.
-        levels, end = self._levels, self._levels + self._tokens
-        index = np.ascontiguousarray(table[:, end]) if self._indexed else None
-        return Lookup(np.ascontiguousarray(table[:, :levels]), np.ascontiguousarray(table[:, levels:end]), known, index)
+        return Lookup(cast(list[Answer], answers), unknown)  # every None was filled in above
 
-    async def _read(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    async def _read(self, item_ids: Sequence[str]) -> list[Answer | None]:
+        """The items' answers from Redis, None for an item not stored."""
         if self._indexed:
-            return await self.store.read_indexed(item_ids)
-        codes, known = await self.store.read(item_ids)
-        return codes, known, None
+            codes, known, index = await self.store.read_indexed(item_ids)
+        else:
+            (codes, known), index = await self.store.read(item_ids), None
+        answers: list[Answer | None] = [None] * len(item_ids)
+        stored = np.flatnonzero(known)
+        if len(stored):
+            found = codes[stored]
+            encoded = encode_answers(found, feature_rows(found, self.features), index[stored] if index is not None else None)
+            for i, answer in zip(stored.tolist(), encoded):
+                answers[i] = answer
+        return answers
 
     def forget(self, item_ids: Sequence[str]) -> None:
         """Drop these items' entries: this process just wrote them (its readers see its own writes at

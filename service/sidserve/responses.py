@@ -1,50 +1,74 @@
-"""The features answer as JSON bytes, built by orjson straight from the lookup's numpy arrays.
+"""The features answer as JSON bytes, assembled from each item's answer pre-encoded as JSON.
 
-Columnar blocks (`known`, `sids`, `rows`, and `collision_index` when that option is on, per list) let orjson write each int64 array in one
-native pass: ~0.03-0.05 ms for 300 items (`python -m loadtest bench` reports it as "encode"),
-where per-row pydantic models cost ~0.7 ms, twice the Redis read. The shape is FeaturesOut
-(schemas.py), which documents it in OpenAPI.
+An item's answer is encoded once, when it is read from Redis (`encode_answers`): a tuple of JSON
+fragments, one per column of FeaturesOut's blocks: known, sid, rows and, with the collision index,
+k. The per-process cache (sidserve.lookup) keeps these tuples, so answering a cached item formats
+no number at all: a block is one `b",".join` per column over the items' fragments, in C.
+
+Why: for 300 cached Zipf IDs, cache lookup + assembly + encoding took 70 us in-process against
+105-120 us for the previous design (cached int64 rows joined into arrays, then orjson's numpy
+encoding of ~5,000 int64), and 125-177 us against 181-192 us with a 3 ms pause before each call,
+which leaves the CPU caches cold as the paced load test does. The price: ~60 B more per cached
+item (tracemalloc: 268 against 208 B per entry at L = 8, not counting the ID strings). The shape
+is FeaturesOut (schemas.py), which documents it in OpenAPI; a test checks these bytes against orjson's encoding of the same values.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
 import orjson
 
-from .lookup import Lookup
+Answer = tuple[bytes, ...]  # (known, sid, rows) or (known, sid, rows, k): JSON fragments
+
+SID, ROWS, INDEX = 1, 2, 3  # positions in an Answer
+_KNOWN_COLUMNS = ((b'{"known":[', itemgetter(0)), (b'],"sids":[', itemgetter(SID)), (b'],"rows":[', itemgetter(ROWS)))
+_INDEX_COLUMN = ((b'],"collision_index":[', itemgetter(INDEX)),)
 
 
-def _block(codes: np.ndarray, known: np.ndarray, rows: np.ndarray, index: np.ndarray | None) -> dict[str, Any]:
-    if known.all():  # the usual case: orjson writes the numpy array itself, no Python ints
-        block: dict[str, Any] = {"known": known, "sids": codes, "rows": rows}
-        if index is not None:
-            block["collision_index"] = index
-        return block
-    sids: list[Any] = codes.tolist()
-    ks: list[Any] | None = index.tolist() if index is not None else None
-    for i in np.flatnonzero(~known).tolist():
-        sids[i] = None  # an unknown item's SID (and k) is null; its rows are 0 already
-        if ks is not None:
-            ks[i] = None
-    block = {"known": known, "sids": sids, "rows": rows}
-    if ks is not None:
-        block["collision_index"] = ks
-    return block
+def unknown_answer(num_tokens: int, indexed: bool) -> Answer:
+    """The answer of an item without a stored SID: known false, sid null, rows all 0 (the reserved row)."""
+    rows = orjson.dumps([0] * num_tokens)
+    return (b"false", b"null", rows, b"null") if indexed else (b"false", b"null", rows)
 
 
-def _part(index: np.ndarray | None, part: slice) -> np.ndarray | None:
-    return index[part] if index is not None else None
+def encode_answers(codes: np.ndarray, rows: np.ndarray, index: np.ndarray | None) -> list[Answer]:
+    """Answers of known items: codes int64 [n, L], rows int64 [n, num_tokens], k int64 [n] or None."""
+    sids, row_lists = _row_fragments(codes), _row_fragments(rows)
+    if index is None:
+        return [(b"true", sid, row) for sid, row in zip(sids, row_lists)]
+    ks = orjson.dumps(index, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+    return [(b"true", sid, row, k) for sid, row, k in zip(sids, row_lists, ks)]
 
 
-def features_json(model_version: str, feature_config: dict[str, Any], found: Lookup, n_candidates: int) -> bytes:
-    """FeaturesOut as JSON: the first n_candidates answers are the candidates, the rest history."""
-    n = n_candidates
-    payload = {
-        "model_version": model_version,
-        "feature_config": feature_config,
-        "candidates": _block(found.codes[:n], found.known[:n], found.rows[:n], _part(found.index, slice(None, n))),
-        "history": _block(found.codes[n:], found.known[n:], found.rows[n:], _part(found.index, slice(n, None))),
-    }
-    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+def _row_fragments(values: np.ndarray) -> list[bytes]:
+    """Each row of an int64 [n, m] array as its own JSON list (b"[3,1,4]"), from one orjson pass."""
+    if not len(values):
+        return []
+    text = orjson.dumps(np.ascontiguousarray(values), option=orjson.OPT_SERIALIZE_NUMPY)  # b"[[3,1,4],[1,5,9]]"
+    return [b"[" + row + b"]" for row in text[2:-2].split(b"],[")]
+
+
+def features_json(
+    model_version: str, feature_config: dict[str, Any], answers: list[Answer], n_candidates: int, indexed: bool
+) -> bytes:
+    """FeaturesOut as JSON: the first n_candidates answers are the candidates, the rest history.
+    `indexed`: the collision_index columns are present (SIDSERVE_COLLISION_INDEX)."""
+    head = orjson.dumps({"model_version": model_version, "feature_config": feature_config})[:-1]
+    columns = _KNOWN_COLUMNS + _INDEX_COLUMN if indexed else _KNOWN_COLUMNS
+    parts = [head, b',"candidates":']
+    _block(parts, columns, answers[:n_candidates])
+    parts.append(b',"history":')
+    _block(parts, columns, answers[n_candidates:])
+    parts.append(b"}")
+    return b"".join(parts)
+
+
+def _block(parts: list[bytes], columns: tuple[tuple[bytes, Callable[[Answer], bytes]], ...], answers: list[Answer]) -> None:
+    for opening, column in columns:
+        parts.append(opening)
+        parts.append(b",".join(map(column, answers)))
+    parts.append(b"]}")

@@ -7,6 +7,8 @@ import uuid
 
 import numpy as np
 
+from decoded import decoded
+
 from sidserve.features import FeatureConfig, Parameterization, feature_rows
 from sidserve.lookup import FeatureLookup
 from sidserve.storage import SidStore, connect
@@ -53,11 +55,9 @@ def test_answers_match_the_store_and_feature_rows_with_and_without_cache(redis_u
         for ttl in (0.0, 5.0):
             lookup = FeatureLookup(_store(redis_url), FEATURES, ttl, 1000)
             for _ in range(2):  # cold, then (with the cache) from memory
-                got = await lookup.fetch(request)
+                got = decoded(await lookup.fetch(request), 3)
                 assert (got.known == expect_known).all() and expect_known.sum() == 50
                 assert (got.codes == expect_codes).all() and (got.rows == expect_rows).all()
-                assert got.codes.flags.c_contiguous and got.rows.flags.c_contiguous
-                assert got.codes.dtype == np.int64 and got.rows.dtype == np.int64
             await lookup.store.redis.aclose()
         await writer.redis.aclose()
 
@@ -71,23 +71,23 @@ def test_an_entry_is_served_at_most_ttl_after_redis_answered(redis_url: str) -> 
         lookup = FeatureLookup(_store(redis_url), FEATURES, 1.0, 1000, on_lookup=counts, clock=clock)
         other = _store(redis_url)  # another process, as far as this cache knows
         await other.write(ids[:2], np.array([[1, 1, 1], [2, 2, 2]]))
-        got = await lookup.fetch([ids[0], ids[2], ids[0]])
+        got = decoded(await lookup.fetch([ids[0], ids[2], ids[0]]), 3)
         assert got.known.tolist() == [True, False, True] and got.codes[:, 0].tolist() == [1, 0, 1]
         assert (counts.hits, counts.misses) == (0, 3)
         await other.write([ids[0], ids[2]], np.array([[5, 5, 5], [6, 6, 6]]))
         clock.now += 0.6
-        got = await lookup.fetch([ids[0], ids[2]])
+        got = decoded(await lookup.fetch([ids[0], ids[2]]), 3)
         assert got.codes[:, 0].tolist() == [1, 6] and got.known.all()  # stale within the TTL; unknown never cached
         assert (counts.hits, counts.misses) == (1, 4)
         clock.now += 0.39  # 0.99 s after Redis answered ids[0]: an entry lives its whole TTL
-        assert (await lookup.fetch([ids[0]])).codes[0, 0] == 1
+        assert decoded(await lookup.fetch([ids[0]]), 3).codes[0, 0] == 1
         assert (counts.hits, counts.misses) == (2, 4)
         clock.now += 0.02  # 1.01 s: dropped; ids[2] (answered at 0.6 s) is still cached
-        assert (await lookup.fetch([ids[0]])).codes[0, 0] == 5
+        assert decoded(await lookup.fetch([ids[0]]), 3).codes[0, 0] == 5
         assert (counts.hits, counts.misses) == (2, 5) and lookup.cached_items == 2
         clock.now += 5.0  # idle longer than the TTL: every entry goes at the next fetch
         await other.write([ids[0]], np.array([[7, 7, 7]]))
-        assert (await lookup.fetch([ids[0]])).codes[0, 0] == 7
+        assert decoded(await lookup.fetch([ids[0]]), 3).codes[0, 0] == 7
         assert lookup.cached_items == 1
         for store in (lookup.store, other):
             await store.redis.aclose()
@@ -100,10 +100,10 @@ def test_own_writes_are_seen_at_once(redis_url: str) -> None:
         [item] = _ids(1)
         lookup = FeatureLookup(_store(redis_url), FEATURES, 60.0, 1000)
         await lookup.store.write([item], np.array([[3, 3, 3]]))
-        assert (await lookup.fetch([item])).codes[0, 0] == 3
+        assert decoded(await lookup.fetch([item]), 3).codes[0, 0] == 3
         await lookup.store.write([item], np.array([[9, 9, 9]]))
         lookup.forget([item])
-        assert (await lookup.fetch([item])).codes[0, 0] == 9
+        assert decoded(await lookup.fetch([item]), 3).codes[0, 0] == 9
         await lookup.store.redis.aclose()
 
     asyncio.run(main())
@@ -119,7 +119,7 @@ def test_a_read_that_overlaps_a_write_of_this_process_is_not_cached(redis_url: s
         read = asyncio.create_task(lookup.fetch([item]))
         await asyncio.sleep(0)  # the read is now waiting for Redis
         lookup.forget([item])  # a write of this process completed meanwhile
-        assert (await read).codes[0, 0] == 1
+        assert decoded(await read, 3).codes[0, 0] == 1
         assert lookup.cached_items == 0
         await lookup.store.redis.aclose()
 
@@ -153,7 +153,7 @@ def test_collision_index_is_cached_and_served_beside_the_sid(redis_url: str) -> 
         assert written_k.tolist() == [0, 1, 2, 0]
         lookup = FeatureLookup(store, FEATURES, 5.0, 1000)
         for _ in range(2):  # from Redis, then from the cache
-            got = await lookup.fetch(ids + ["never-written"])
+            got = decoded(await lookup.fetch(ids + ["never-written"]), 3)
             assert got.index is not None and got.index.tolist() == [0, 1, 2, 0, 0]
             assert got.known.tolist() == [True] * 4 + [False]
             assert (got.codes[:4] == same).all() and (got.rows == feature_rows(got.codes, FEATURES, got.known)).all()

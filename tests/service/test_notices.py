@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from decoded import decoded
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, ResponseError
 from service_fixtures import AUTH, serve, service_settings
@@ -109,12 +110,12 @@ def test_another_process_update_reaches_the_cache_within_milliseconds(redis_url:
         writer = SidStore(connect(redis_url, 0.25, 0.5, 8), VERSION, 3, 16)  # another process
         ids = _ids(2)
         await writer.write(ids, np.array([[1, 1, 1], [2, 2, 2]]))
-        assert (await lookup.fetch(ids)).codes[:, 0].tolist() == [1, 2] and lookup.cached_items == 2
+        assert decoded(await lookup.fetch(ids), 3).codes[:, 0].tolist() == [1, 2] and lookup.cached_items == 2
         written = time.monotonic()
         await writer.write([ids[0]], np.array([[5, 5, 5]]))
         await _until(lambda: lookup.cached_items == 1)  # the notice dropped the entry, not the 30 s TTL
         assert time.monotonic() - written < 1.0
-        assert (await lookup.fetch(ids)).codes[:, 0].tolist() == [5, 2]
+        assert decoded(await lookup.fetch(ids), 3).codes[:, 0].tolist() == [5, 2]
         assert metrics.notices.labels("item_dropped")._value.get() == 1
         stopped.set()
         await task
