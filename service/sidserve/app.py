@@ -104,8 +104,8 @@ class ServiceState:
             return None
 
     def _count_cache(self, hits: int, misses: int) -> None:
-        self.metrics.sid_cache.labels("hit").inc(hits)
-        self.metrics.sid_cache.labels("miss").inc(misses)
+        self.metrics.cache_hits.inc(hits)
+        self.metrics.cache_misses.inc(misses)
 
     async def close(self) -> None:
         if self.registry is not None:
@@ -446,8 +446,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         serving = _resolve(state.ready_registry(), body.version, ("body", "version"))
         ids = body.candidates + body.history
         found = await serving.lookup.fetch(ids)
-        state.metrics.feature_lookups.labels("true").inc(len(ids) - found.unknown)
-        state.metrics.feature_lookups.labels("false").inc(found.unknown)
+        state.metrics.ids_known.inc(len(ids) - found.unknown)
+        state.metrics.ids_unknown.inc(found.unknown)
         content = features_json(
             serving.model.version, serving.features_out, found.answers, len(body.candidates), serving.store.collision_index
         )  # fmt: skip

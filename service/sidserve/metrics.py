@@ -50,6 +50,10 @@ class Metrics:
             "sidserve_sid_cache_lookups_total", "Item IDs of reads answered by the per-process SID cache or Redis.",
             ["result"], registry=r,
         )  # fmt: skip
+        # The features route counts on every request: children bound once skip labels()' lock and
+        # lookup (1.7 -> 0.5 us per count in-process; 2.5 -> 1.3 us in multiprocess mode).
+        self.ids_known, self.ids_unknown = self.feature_lookups.labels("true"), self.feature_lookups.labels("false")
+        self.cache_hits, self.cache_misses = self.sid_cache.labels("hit"), self.sid_cache.labels("miss")
         self.notices = Counter(
             "sidserve_update_notices_total",
             "Update notices (sidserve.notices): subscriptions made (each empties the SID cache), times they "
