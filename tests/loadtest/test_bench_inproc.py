@@ -30,3 +30,6 @@ def test_inproc_bench_runs_both_routes(sid_bundle: Path, tmp_path: Path) -> None
         for phase in ("warm", "paced"):
             assert all(0 < r[phase]["p50_us"] <= r[phase]["p90_us"] for r in route["rounds"])
         assert route["warm_p50_us"] > 0 and route["paced_p50_us"] > 0
+    features = results["/v1/features"]["rounds"][0]["warm"]
+    assert 0 < features["cache_hit_rate"] <= 1  # after the warm-up most IDs come from the SID cache
+    assert not results["/v1/_noop"]["rounds"][0]["warm"]["cache_hit_rate"]  # the no-op reads nothing
