@@ -45,7 +45,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-import numpy as np
 
 from .features import FeatureConfig, feature_rows
 from .responses import Answer, encode_answers, unknown_answer
@@ -122,14 +121,8 @@ class FeatureLookup:
             codes, known, index = await self.store.read_indexed(item_ids)
         else:
             (codes, known), index = await self.store.read(item_ids), None
-        answers: list[Answer | None] = [None] * len(item_ids)
-        stored = np.flatnonzero(known)
-        if len(stored):
-            found = codes[stored]
-            encoded = encode_answers(found, feature_rows(found, self.features), index[stored] if index is not None else None)
-            for i, answer in zip(stored.tolist(), encoded):
-                answers[i] = answer
-        return answers
+        answers = encode_answers(codes, feature_rows(codes, self.features), index)
+        return [answer if stored else None for answer, stored in zip(answers, known.tolist())]
 
     def forget(self, item_ids: Sequence[str]) -> None:
         """Drop these items' entries: this process just wrote them (its readers see its own writes at

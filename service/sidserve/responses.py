@@ -49,7 +49,7 @@ def _row_fragments(values: np.ndarray) -> list[bytes]:
     if not len(values):
         return []
     text = orjson.dumps(np.ascontiguousarray(values), option=orjson.OPT_SERIALIZE_NUMPY)  # b"[[3,1,4],[1,5,9]]"
-    return [b"[" + row + b"]" for row in text[2:-2].split(b"],[")]
+    return text[1:-1].replace(b"],[", b"]\0[").split(b"\0")  # JSON text holds no raw NUL: a safe cut
 
 
 def features_json(
