@@ -8,11 +8,12 @@ no number at all: a block is one `b",".join` per column over the items' fragment
 Why: for 300 cached Zipf IDs, cache lookup + assembly + encoding took 70 us in-process against
 105-120 us for the previous design (cached int64 rows joined into arrays, then orjson's numpy
 encoding of ~5,000 int64), and 125-177 us against 181-192 us with a 3 ms pause before each call,
-which leaves the CPU caches cold as the paced load test does. The price: ~60 B more per cached
-item (tracemalloc: 268 against 208 B per entry at L = 8, not counting the ID strings), and
-miss-heavy requests format each miss once: 300 IDs with 240 misses took 206-211 us against 180 us
-(Redis not timed), with 15 misses 78 against 104 us. The shape
-is FeaturesOut (schemas.py), which documents it in OpenAPI; a test checks these bytes against orjson's encoding of the same values.
+which leaves the CPU caches cold as the paced load test does (whole requests: README "Measured
+figures", loadtest/bench_inproc.py). The price: ~60 B more per cached item (tracemalloc: 268
+against 208 B per entry at L = 8, not counting the ID strings), and miss-heavy requests format
+each miss once: 300 IDs with 240 misses took 206-211 us against 180 us (Redis not timed), with
+15 misses 78 against 104 us. The shape is FeaturesOut (schemas.py), which documents it in
+OpenAPI; a test checks these bytes against orjson's encoding of the same values.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def unknown_answer(num_tokens: int, indexed: bool) -> Answer:
 
 
 def encode_answers(codes: np.ndarray, rows: np.ndarray, index: np.ndarray | None) -> list[Answer]:
-    """Answers of known items: codes int64 [n, L], rows int64 [n, num_tokens], k int64 [n] or None."""
+    """Each item's answer as known: codes int64 [n, L], rows int64 [n, num_tokens], k int64 [n] or None
+    (the caller drops the answers of items Redis did not know)."""
     sids, row_lists = _row_fragments(codes), _row_fragments(rows)
     if index is None:
         return [(b"true", sid, row) for sid, row in zip(sids, row_lists)]
