@@ -110,13 +110,14 @@ def storage_read(url: str, m: dict, sets: list[list[str]], iters: int) -> dict:
 
 
 def encode_time(m: dict, codes: np.ndarray, sets: list[list[str]], size: int, iters: int) -> dict:
-    """The service's response encoding alone (sidserve.responses.features_json) for these sets."""
+    """The service's response encoding alone (sidserve.responses.FeaturesEncoder) for these sets."""
     from sidserve.features import FeatureConfig, feature_rows
-    from sidserve.responses import encode_answers, features_json
+    from sidserve.responses import FeaturesEncoder, encode_answers
     from sidserve.schemas import FeatureConfigOut
 
     config = FeatureConfig("prefix_ngram", m["codebook_size"], m["levels"], m["levels"], 1_000_004)
     config_out = FeatureConfigOut.of(config).model_dump()
+    encoder = FeaturesEncoder(m["model_version"], config_out, False)
     answer_sets = []  # as the SID cache holds them: each item's answer pre-encoded when it was read
     for ids in sets[:64]:
         c = codes[[int(i.split("-")[1]) for i in ids]].astype(np.int64)
@@ -125,7 +126,7 @@ def encode_time(m: dict, codes: np.ndarray, sets: list[list[str]], size: int, it
     for n in range(iters):
         answers = answer_sets[n % len(answer_sets)]
         t = time.perf_counter()
-        features_json(m["model_version"], config_out, answers, SIZES[size][0], False)
+        encoder.encode(answers, SIZES[size][0])
         h.record_s(time.perf_counter() - t)
     return h.summary()
 
@@ -275,7 +276,7 @@ def summary_table(rows: list[dict]) -> str:
     g = lambda v: "  n/a" if v is None else f"{v:5.2f}"  # noqa: E731
     lines = ["ms; MGET = sync redis-py+hiredis, one process, closed loop; MGET@rate = the same, one call per "
              "1/rate s; store = SidStore.read (redis.asyncio, no cache); "
-             "encode = the service's response encoding alone (sidserve.responses.features_json); "
+             "encode = the service's response encoding alone (sidserve.responses.FeaturesEncoder); "
              "client = open-model latency from intended send; server = Prometheus histogram (interpolated)",
              f"{'IDs':>5} | {'MGET p50':>8} {'p99':>7} | {'MGET@rate p50':>13} {'p99':>7} | {'store p50':>9} {'p99':>7} | "
              f"{'encode p50':>10} | {'noop p50':>8} {'p99':>7} | "

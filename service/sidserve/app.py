@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import codec, storage
 from .metrics import Metrics
-from .responses import INDEX, SID, features_json
+from .responses import INDEX, SID
 from .schemas import (
     MAX_ITEM_ID_BYTES,
     ActiveIn,
@@ -448,10 +448,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         found = await serving.lookup.fetch(ids)
         state.metrics.ids_known.inc(len(ids) - found.unknown)
         state.metrics.ids_unknown.inc(found.unknown)
-        content = features_json(
-            serving.model.version, serving.features_out, found.answers, len(body.candidates), serving.store.collision_index
-        )  # fmt: skip
-        return Response(content, media_type="application/json")
+        return Response(serving.encoder.encode(found.answers, len(body.candidates)), media_type="application/json")
 
     @hot.post(
         "/v1/_noop", response_model=NoopOut, tags=["benchmark"],

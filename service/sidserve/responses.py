@@ -56,19 +56,23 @@ def _row_fragments(values: np.ndarray) -> list[bytes]:
     return text[1:-1].replace(b"],[", b"]\0[").split(b"\0")  # JSON text holds no raw NUL: a safe cut
 
 
-def features_json(
-    model_version: str, feature_config: dict[str, Any], answers: list[Answer], n_candidates: int, indexed: bool
-) -> bytes:
-    """FeaturesOut as JSON: the first n_candidates answers are the candidates, the rest history.
-    `indexed`: the collision_index columns are present (SIDSERVE_COLLISION_INDEX)."""
-    head = orjson.dumps({"model_version": model_version, "feature_config": feature_config})[:-1]
-    columns = _KNOWN_COLUMNS + _INDEX_COLUMN if indexed else _KNOWN_COLUMNS
-    parts = [head, b',"candidates":']
-    _block(parts, columns, answers[:n_candidates])
-    parts.append(b',"history":')
-    _block(parts, columns, answers[n_candidates:])
-    parts.append(b"}")
-    return b"".join(parts)
+class FeaturesEncoder:
+    """Writes one model version's features answers (FeaturesOut as JSON). What every answer of the
+    version shares, its model_version and feature_config (and whether the collision_index columns
+    are present, SIDSERVE_COLLISION_INDEX), is encoded once, not per request."""
+
+    def __init__(self, model_version: str, feature_config: dict[str, Any], indexed: bool) -> None:
+        self._head = orjson.dumps({"model_version": model_version, "feature_config": feature_config})[:-1]
+        self._columns = _KNOWN_COLUMNS + _INDEX_COLUMN if indexed else _KNOWN_COLUMNS
+
+    def encode(self, answers: list[Answer], n_candidates: int) -> bytes:
+        """The first n_candidates answers are the candidates, the rest history."""
+        parts = [self._head, b',"candidates":']
+        _block(parts, self._columns, answers[:n_candidates])
+        parts.append(b',"history":')
+        _block(parts, self._columns, answers[n_candidates:])
+        parts.append(b"}")
+        return b"".join(parts)
 
 
 def _block(parts: list[bytes], columns: tuple[tuple[bytes, Callable[[Answer], bytes]], ...], answers: list[Answer]) -> None:

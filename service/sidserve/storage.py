@@ -109,7 +109,7 @@ import asyncio
 import hashlib
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -714,7 +714,7 @@ class SidStore:
         replies = await self._fcall_groups(
             "write", WRITE_FUNCTION, parts,
             lambda idx: [len(idx), *map(keys.__getitem__, idx.tolist()), fp[idx].tobytes(), vals[idx].tobytes(), f, w,
-                         self.updates_channel, b"".join(map(records.__getitem__, idx.tolist()))],
+                         *self._notice_args(map(records.__getitem__, idx.tolist()))],
         )  # fmt: skip
         statuses = np.empty(n, dtype=np.uint8)
         for idx, reply in zip(parts, replies, strict=True):
@@ -741,13 +741,14 @@ class SidStore:
             values = self.packer.pack(codes)
             statuses = await self._fcall(
                 "write", WRITE_FUNCTION, len(item_ids), keys,
-                (fields, values, self.fingerprint_bytes, self.packer.width, *self._notice_args(item_ids)),
+                (fields, values, self.fingerprint_bytes, self.packer.width, *self._notice_args(codec.id_records(item_ids))),
             )  # fmt: skip
         return [_STATUS[s] for s in statuses]
 
-    def _notice_args(self, item_ids: Sequence[str]) -> tuple[bytes, bytes]:
-        """The write functions' update-notice arguments: the channel and the items' ID records."""
-        return self.updates_channel, b"".join(codec.id_records(item_ids))
+    def _notice_args(self, records: Iterable[bytes]) -> tuple[bytes, bytes]:
+        """The write functions' update-notice arguments: the channel and the items' ID records
+        (codec.id_records) in the order of the call's items."""
+        return self.updates_channel, b"".join(records)
 
     # --- collision index (SIDSERVE_COLLISION_INDEX; "Collision index" above) ---------------------
     def _counter_buckets(self, code_rows: np.ndarray) -> list[int]:
@@ -777,7 +778,7 @@ class SidStore:
             counters = list(map(self.counter_key, self._counter_buckets(values[:, :cw])))
             statuses, ks = await self._fcall(
                 "write", WRITE_INDEXED_FUNCTION, 2 * n, keys + counters,
-                (fields, values.tobytes(), self.fingerprint_bytes, self.packer.width, *self._notice_args(item_ids)),
+                (fields, values.tobytes(), self.fingerprint_bytes, self.packer.width, *self._notice_args(codec.id_records(item_ids))),
             )  # fmt: skip
         return [_STATUS[s] for s in statuses], np.frombuffer(ks, dtype="<u4").astype(np.int64)
 
@@ -809,7 +810,7 @@ class SidStore:
         replies = await self._fcall_groups(
             "write", WRITE_INDEXED_FUNCTION, parts,
             lambda idx: [len(idx), *map(keys.__getitem__, idx.tolist()), fp[idx].tobytes(), values[idx].tobytes(), f, w,
-                         self.updates_channel, b"".join(map(records.__getitem__, idx.tolist()))],
+                         *self._notice_args(map(records.__getitem__, idx.tolist()))],
         )  # fmt: skip
         statuses, ks = np.empty(n, dtype=np.uint8), np.empty((n, INDEX_BYTES), dtype=np.uint8)
         for idx, (status, k) in zip(parts, replies, strict=True):

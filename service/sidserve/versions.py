@@ -50,6 +50,7 @@ from .lookup import FeatureLookup
 from .metrics import Metrics
 from .model import BundleError, SidModel
 from .notices import UpdateFollower
+from .responses import FeaturesEncoder
 from .schemas import VERSION_PATTERN, FeatureConfigOut
 from .settings import Settings
 from .storage import SidStore, StorageUnavailable, WriteStatus
@@ -111,6 +112,7 @@ class Serving:
     lookup: FeatureLookup  # reads: the store behind the per-process cache of hot items
     features: FeatureConfig
     features_out: dict[str, Any]
+    encoder: FeaturesEncoder  # the features answers of this version as JSON
 
     @property
     def version(self) -> str:
@@ -147,7 +149,8 @@ def load_servings(
             collision_index=s.collision_index, fingerprint_bytes=s.store_fingerprint_bytes,
         )  # fmt: skip
         lookup = FeatureLookup(store, features, s.cache_ttl_s, s.cache_max_items, s.cache_max_age_s, on_lookup=on_cache)
-        servings.append(Serving(model, store, lookup, features, features_out))
+        encoder = FeaturesEncoder(model.version, features_out, s.collision_index)
+        servings.append(Serving(model, store, lookup, features, features_out, encoder))
         log.info(
             "model %s loaded from %s: D=%d L=%d K=%d; features %s",
             model.version, path, model.input_dim, model.levels, model.codebook_size, features_out,

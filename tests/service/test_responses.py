@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidserve.features import FeatureConfig
-from sidserve.responses import encode_answers, features_json, unknown_answer
+from sidserve.responses import FeaturesEncoder, encode_answers, unknown_answer
 from sidserve.schemas import FeatureConfigOut, FeaturesOut
 
 CONFIG = FeatureConfigOut.of(FeatureConfig("prefix_ngram", 2048, 3, 2, 1000)).model_dump()
@@ -41,7 +41,7 @@ def test_fragments_match_orjson_of_the_same_values(n: int, n_candidates: int, in
     unknown = unknown_answer(2, indexed)
     answers = [next(encoded) if k else unknown for k in known]
 
-    got = features_json("v1", CONFIG, answers, n_candidates, indexed)
+    got = FeaturesEncoder("v1", CONFIG, indexed).encode(answers, n_candidates)
 
     c = slice(None, n_candidates)
     h = slice(n_candidates, None)
