@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import redis
 
+from sidserve.testing import RedisProcess
 from sidserve.storage import DEFAULT_FINGERPRINT_BYTES, LayoutMismatch, SidStore, StorageUnavailable, code_dtype, connect
 
 
@@ -145,6 +146,62 @@ def test_functions_reloaded_after_flush(redis_url: str) -> None:
         assert r.function_list(library="sidserve_*")
         r.function_flush()
         assert await store.write([a], np.array([[4, 5, 7]])) == ["updated"]
+        await store.redis.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_read_after_a_redis_restart_reconnects_and_reloads_the_functions(redis_process: RedisProcess) -> None:
+    """The pooled connection died with the restart: the read retries once on a new connection, finds
+    the function library gone (no persistence here), loads it and answers."""
+
+    async def main() -> None:
+        store = SidStore(connect(redis_process.url, 0.25, 0.5, 1), "0123456789abcdef", 3, 16)
+        ids = _ids(3)
+        await store.write(ids, np.array([[1, 2, 3]] * 3))
+        assert (await store.read(ids))[1].tolist() == [True] * 3
+        redis_process.stop()
+        redis_process.start()
+        await store.write(ids[:1], np.array([[4, 5, 6]]))
+        got, known = await store.read(ids)
+        assert known.tolist() == [True, False, False] and got[0].tolist() == [4, 5, 6]
+        await store.redis.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_read_leaves_no_reply_behind(redis_process: RedisProcess) -> None:
+    """A read cancelled while its reply is on the way (the client went away) must not leave that
+    reply on a pooled connection for the next read to take: one connection, Redis paused meanwhile."""
+
+    async def main() -> None:
+        store = SidStore(connect(redis_process.url, 0.25, 2.0, 1), "0123456789abcdef", 3, 16)
+        a, b = _ids(2)
+        await store.write([a, b], np.array([[1, 1, 1], [2, 2, 2]]))
+        redis_process.pause()
+        pending = asyncio.create_task(store.read([a]))
+        await asyncio.sleep(0.1)
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        redis_process.resume()
+        got, known = await store.read([b])
+        assert known.tolist() == [True] and got.tolist() == [[2, 2, 2]]
+        await store.redis.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_burst_of_reads_beyond_the_pool_size_queues(redis_url: str) -> None:
+    async def main() -> None:
+        store = SidStore(connect(redis_url, 0.25, 2.0, 2), "0123456789abcdef", 3, 16)
+        ids = _ids(50)
+        codes = np.arange(150).reshape(50, 3) % 16
+        await store.write(ids, codes)
+        reads = await asyncio.gather(*[store.read(ids[i : i + 5]) for i in range(0, 50, 5)] * 10)
+        for i, (got, known) in enumerate(reads):
+            start = (i % 10) * 5
+            assert known.all() and (got == codes[start : start + 5]).all()
         await store.redis.aclose()
 
     asyncio.run(main())
