@@ -49,12 +49,10 @@ class IdHasher:
         if width > _MAX_ID_CHARS:
             raise ValueError(f"item IDs are at most {_MAX_ID_CHARS} characters")
         cp = chars.view(np.uint32).reshape(n, width)
-        if "\x00" in "".join(item_ids):  # rare: a NUL looks like padding, count characters
-            lengths = np.fromiter(map(len, item_ids), dtype=np.uint64, count=n)
-        else:
-            lengths = np.count_nonzero(cp, axis=1).astype(np.uint64)
-        with np.errstate(over="ignore"):
-            return cp @ self._keys[:width] + lengths[:, None] * self._len_keys
+        # Integer array arithmetic wraps mod 2^64 silently (numpy checks overflow only on scalars).
+        h = cp @ self._keys[:width]
+        h += np.fromiter(map(len, item_ids), dtype=np.uint64, count=n)[:, None] * self._len_keys
+        return h
 
 
 def id_records(item_ids: Sequence[str]) -> list[bytes]:

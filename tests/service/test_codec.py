@@ -22,7 +22,21 @@ def test_trailing_nul_and_unicode_are_distinct() -> None:
     h = IdHasher()
     got = h(["a", "a\x00", "a\x00\x00", "\x00", "é", "e", "é/ü:{x}", "😀"])
     assert len({tuple(row) for row in got.tolist()}) == 8
-    assert (h(["a\x00", "b"])[0] == got[1]).all()  # the NUL path agrees with the per-ID result
+    assert (h(["a\x00", "b"])[0] == got[1]).all()  # a NUL counts in the length whatever the other IDs
+
+
+def test_hashes_follow_the_documented_formula() -> None:
+    """len * k_0 + sum_j cp_j * k_j (mod 2^64) with the fixed keys: stored buckets and fingerprints
+    depend on these exact values, so a faster implementation must not change them."""
+    h = IdHasher()
+    keys, len_keys = h._keys.tolist(), h._len_keys.tolist()
+    ids = ["a", "a\x00", "\x00", "", "é/ü:{x}", "😀z", "x" * 256, "item-00012345"]
+    for item_id, got in zip(ids, h(ids).tolist()):
+        want = [
+            (len(item_id) * len_keys[i] + sum(ord(c) * keys[j][i] for j, c in enumerate(item_id))) % 2**64
+            for i in (0, 1)
+        ]
+        assert got == want, item_id
 
 
 def test_hash_high_bits_spread_and_distinct() -> None:
