@@ -93,7 +93,11 @@ class Settings(BaseSettings):
     redis_socket_timeout: PositiveFloat = Field(
         default=1.0, description="Seconds to wait for any one Redis reply; bounds a 503 when Redis hangs."
     )
-    redis_max_connections: PositiveInt = Field(default=64, description="Connection pool size per process.")
+    redis_max_connections: PositiveInt = Field(
+        default=64,
+        description="Redis connections per process for SID reads and writes, and as many again for every other "
+        "command (health checks, model lifecycle, update notices); a command beyond waits for one up to the socket timeout.",
+    )
     key_prefix: str = Field(
         default="sid", min_length=1, description="First component of every Redis key (see the key layout)."
     )

@@ -114,6 +114,7 @@ from typing import Any, Literal
 
 import numpy as np
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -380,6 +381,75 @@ class _SidCluster(RedisCluster):
         return await super()._determine_slot(command, *args)
 
 
+async def _exchange(conn: AbstractConnection, packed: list[bytes]) -> Any:
+    """Send one packed command and read its reply; a connection error is retried once at once on a
+    new connection (a connection that died with a Redis restart), like connect()'s
+    Retry(NoBackoff(), 1). redis-py drops the connection of a command that failed or was cancelled
+    mid-flight, so its reply cannot reach the next command."""
+    try:
+        await conn.send_packed_command(packed, check_health=False)
+        return await conn.read_response()
+    except RedisConnectionError:
+        await conn.disconnect()
+        await conn.send_packed_command(packed, check_health=False)  # reconnects
+        return await conn.read_response()
+
+
+class CallConnections:
+    """The connections of SidStore's function calls (every SID read and write): idle ones are
+    reused last in, first out; at most `size` are busy at once, and a call beyond waits up to
+    `timeout` for one (then ConnectionError), as the client's BlockingConnectionPool does.
+
+    Why not that pool: its checkout takes a condition, a lock, a timeout scope, a probe of the
+    socket and observability timing, and its release a lock and an event dispatch. An FCALL_RO
+    took 28-40 us less back to back and 60-95 us less with a 2 ms pause before each call (1 and
+    55 IDs; the two interleaved in one process), on a features request of ~0.9 ms in-process.
+    The pool's probe for unread data is not needed here: a connection comes back only after a
+    whole command/reply exchange, or dropped by redis-py (then it reconnects on its next use).
+    """
+
+    def __init__(self, make_connection: Callable[[], AbstractConnection], size: int, timeout: float | None) -> None:
+        self._make, self._timeout = make_connection, timeout
+        self._idle: list[AbstractConnection] = []
+        self._made: list[AbstractConnection] = []  # every connection, for aclose()
+        self._free = asyncio.Semaphore(size)
+
+    async def execute(self, command: tuple[Any, ...]) -> Any:
+        if self._free.locked():  # all busy (or others already waiting): queue for one
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._free.acquire()
+            except TimeoutError as e:
+                raise RedisConnectionError("No connection available.") from e
+        else:
+            await self._free.acquire()  # returns at once
+        if self._idle:
+            conn = self._idle.pop()
+        else:
+            conn = self._make()
+            self._made.append(conn)
+        try:
+            return await _exchange(conn, conn.pack_command(*command))
+        finally:
+            self._idle.append(conn)
+            self._free.release()
+
+    async def aclose(self) -> None:
+        for conn in self._made:
+            await conn.disconnect()
+
+
+class SidRedis(Redis):
+    """redis-py's asyncio client, plus the connections of SidStore's function calls (`calls`),
+    closed with it. Every other command uses the client's own pool."""
+
+    calls: CallConnections
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await self.calls.aclose()
+        await super().aclose(close_connection_pool)
+
+
 def connect(
     url: str, connect_timeout: float, socket_timeout: float, max_connections: int, cluster: bool = False
 ) -> Redis | RedisCluster:
@@ -389,6 +459,9 @@ def connect(
     restarted) without failing the request; a down Redis still fails in ~2 connect attempts.
     The pool blocks (up to socket_timeout) when all max_connections are busy, so a burst of
     concurrent requests queues for a connection instead of failing with "Too many connections".
+    SidStore's function calls (all SID reads and writes) use the client's CallConnections, which
+    behave alike with up to max_connections of their own: a process may hold up to twice
+    max_connections connections to Redis.
 
     cluster=True: a Redis Cluster client seeded by `url` (the other nodes are discovered), same
     timeouts and one retry; max_connections is per node, and redis-py's cluster pools do not
@@ -416,7 +489,9 @@ def connect(
         timeout=socket_timeout,
         retry=retry,
     )
-    return Redis(connection_pool=pool, retry=retry, decode_responses=False)
+    client = SidRedis(connection_pool=pool, retry=retry, decode_responses=False)
+    client.calls = CallConnections(pool.make_connection, max_connections, socket_timeout)
+    return client
 
 
 def code_dtype(codebook_size: int) -> np.dtype:
@@ -460,6 +535,7 @@ class SidStore:
         # pool: a cluster client, or None for a store that only computes keys.
         pool = None if self._cluster else getattr(redis, "connection_pool", None)
         self._prepacking = getattr(getattr(pool, "connection_class", None), "packs_prepacked", False)
+        self._calls: CallConnections | None = getattr(redis, "calls", None) if not self._cluster else None
         self._use_bucket_bits(bucket_bits)
 
     # --- layout --------------------------------------------------------------------------------
@@ -597,29 +673,14 @@ class SidStore:
             raise StorageUnavailable(operation, e) from e
 
     async def _execute(self, command: tuple[Any, ...]) -> Any:
-        """One command on a pooled connection, without redis-py's per-command layers.
-
-        Redis.execute_command adds a retry closure, observability timing and response callbacks
-        around the pool + send + read done here: 8-12 us per FCALL_RO back to back and 10-30 us
-        with a 2 ms pause before each (1, 55 and 300 IDs, the two interleaved in one process), on
-        a features request of ~0.9 ms with ~55 missed IDs. The semantics are connect()'s: the pool
-        blocks while all its connections are busy, an error reply raises ResponseError, redis-py
-        drops a connection whose command failed or was cancelled mid-flight (its reply must not
-        reach the next command), and a connection error is retried once at once on a new
-        connection (a pooled one that died with a Redis restart), like the client's
-        Retry(NoBackoff(), 1).
-        """
+        """One command on a connection of the client's CallConnections (see there why), or of its
+        pool for a client that connect() did not make."""
+        if self._calls is not None:
+            return await self._calls.execute(command)
         pool = self.redis.connection_pool
         conn = await pool.get_connection()
         try:
-            packed = conn.pack_command(*command)
-            try:
-                await conn.send_packed_command(packed, check_health=False)
-                return await conn.read_response()
-            except RedisConnectionError:
-                await conn.disconnect()
-                await conn.send_packed_command(packed, check_health=False)  # reconnects
-                return await conn.read_response()
+            return await _exchange(conn, conn.pack_command(*command))
         finally:
             await pool.release(conn)
 

@@ -10,9 +10,10 @@ import uuid
 import numpy as np
 import pytest
 import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sidserve.testing import RedisProcess
-from sidserve.storage import DEFAULT_FINGERPRINT_BYTES, LayoutMismatch, SidStore, StorageUnavailable, code_dtype, connect
+from sidserve.storage import DEFAULT_FINGERPRINT_BYTES, CallConnections, LayoutMismatch, SidStore, StorageUnavailable, code_dtype, connect
 
 
 def _store(url: str, version: str = "0123456789abcdef", levels: int = 3, k: int = 16) -> SidStore:
@@ -107,6 +108,7 @@ def test_write_is_one_function_call_all_or_nothing(redis_url: str) -> None:
     async def main() -> None:
         store = _store(redis_url)
         await store.prepare()  # FUNCTION LOAD + the layout key: once per process, not per call
+        await store.read(["warm-up"])  # opens the connection of function calls (its HELLO is not counted)
         ids = _ids(5)
         before = _calls(r)
         assert await store.write(ids, np.ones((5, 3), dtype=np.int64)) == ["created"] * 5
@@ -203,6 +205,32 @@ def test_a_burst_of_reads_beyond_the_pool_size_queues(redis_url: str) -> None:
             start = (i % 10) * 5
             assert known.all() and (got == codes[start : start + 5]).all()
         await store.redis.aclose()
+
+    asyncio.run(main())
+
+
+def test_waiting_for_a_busy_connection_is_bounded_and_aclose_closes_them(redis_url: str) -> None:
+    """CallConnections: a call beyond `size` busy connections waits up to `timeout` for one, then
+    fails (ConnectionError, a 503 upstream); aclose() closes every connection it made."""
+    observer = redis.Redis.from_url(redis_url)
+
+    async def main() -> None:
+        client = connect(redis_url, 0.25, 2.0, 1)
+        calls = CallConnections(client.connection_pool.make_connection, 1, 0.2)
+        holder = asyncio.create_task(calls.execute(("BLPOP", f"empty-{uuid.uuid4().hex}", 1)))  # 1 s in Redis
+        await asyncio.sleep(0.05)
+        start = time.monotonic()
+        with pytest.raises(RedisConnectionError, match="No connection available"):
+            await calls.execute(("PING",))
+        assert 0.15 < time.monotonic() - start < 0.9
+        assert await holder is None
+        # The connection is free again: the same one answers (one connection made, reused).
+        [conn_id] = {str(await calls.execute(("CLIENT", "ID"))) for _ in range(3)}
+        assert conn_id in {c["id"] for c in observer.client_list()}
+        await calls.aclose()
+        await asyncio.sleep(0.05)
+        assert conn_id not in {c["id"] for c in observer.client_list()}
+        await client.aclose()
 
     asyncio.run(main())
 
