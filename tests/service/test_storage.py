@@ -10,7 +10,7 @@ import uuid
 import numpy as np
 import pytest
 import redis
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sidserve.testing import RedisProcess
 from sidserve.storage import DEFAULT_FINGERPRINT_BYTES, CallConnections, LayoutMismatch, SidStore, StorageUnavailable, code_dtype, connect
@@ -209,24 +209,38 @@ def test_a_burst_of_reads_beyond_the_pool_size_queues(redis_url: str) -> None:
     asyncio.run(main())
 
 
-def test_waiting_for_a_busy_connection_is_bounded_and_aclose_closes_them(redis_url: str) -> None:
-    """CallConnections: a call beyond `size` busy connections waits up to `timeout` for one, then
-    fails (ConnectionError, a 503 upstream); aclose() closes every connection it made."""
+def test_every_call_ends_within_its_timeout_and_aclose_closes_the_connections(redis_url: str) -> None:
+    """CallConnections: a call waiting for a free connection, or for a reply, fails at its timeout
+    (redis-py's TimeoutError, a 503 upstream); the connection is reused after a whole exchange and
+    dropped after an interrupted one; aclose() closes every connection it made."""
     observer = redis.Redis.from_url(redis_url)
+    empty = f"empty-{uuid.uuid4().hex}"
 
     async def main() -> None:
         client = connect(redis_url, 0.25, 2.0, 1)
-        calls = CallConnections(client.connection_pool.make_connection, 1, 0.2)
-        holder = asyncio.create_task(calls.execute(("BLPOP", f"empty-{uuid.uuid4().hex}", 1)))  # 1 s in Redis
-        await asyncio.sleep(0.05)
-        start = time.monotonic()
-        with pytest.raises(RedisConnectionError, match="No connection available"):
-            await calls.execute(("PING",))
-        assert 0.15 < time.monotonic() - start < 0.9
-        assert await holder is None
-        # The connection is free again: the same one answers (one connection made, reused).
-        [conn_id] = {str(await calls.execute(("CLIENT", "ID"))) for _ in range(3)}
+        calls = CallConnections(client.connection_pool.make_connection, 1, 0.3)
+        [conn_id] = {str(await calls.execute(("CLIENT", "ID"))) for _ in range(3)}  # one connection, reused
         assert conn_id in {c["id"] for c in observer.client_list()}
+
+        # Every connection busy for longer than a call's timeout. (With one timeout for all calls, a
+        # call that started earlier frees its connection before a later one's deadline, so hold the
+        # one slot directly.)
+        await calls._free.acquire()
+        start = time.monotonic()
+        with pytest.raises(RedisTimeoutError, match="no free connection"):
+            await calls.execute(("PING",))
+        assert 0.25 < time.monotonic() - start < 0.9
+        calls._free.release()
+
+        start = time.monotonic()
+        with pytest.raises(RedisTimeoutError, match="no reply"):
+            await calls.execute(("BLPOP", empty, 0.6))  # 0.6 s in Redis: past the timeout
+        assert 0.25 < time.monotonic() - start < 0.55
+        await asyncio.sleep(0.05)
+        assert conn_id not in {c["id"] for c in observer.client_list()}  # its reply was pending: dropped
+        assert await calls.execute(("PING",)) == b"PONG"  # reconnects; the late BLPOP reply never shows up
+
+        [conn_id] = {str(await calls.execute(("CLIENT", "ID"))) for _ in range(2)}
         await calls.aclose()
         await asyncio.sleep(0.05)
         assert conn_id not in {c["id"] for c in observer.client_list()}
