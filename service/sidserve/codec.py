@@ -105,9 +105,10 @@ class BitPacker:
         self.width = self.code_width + index_bytes
         # Code l starts at bit l*b: byte l*b // 8, shift l*b % 8; 8 bytes from there hold it (b <= 32).
         offsets = np.arange(levels) * self.bits
-        self._gather = (offsets // 8)[:, None] + np.arange(8)  # [L, 8] byte indices
+        self._code_bytes = offsets // 8  # [L]: the byte each code starts in
         self._shift = (offsets % 8).astype(np.uint64)
         self._mask = np.uint64((1 << self.bits) - 1)
+        self._starts = self._start_bytes(64)  # grown on demand: see unpack
 
     def pack(self, codes: np.ndarray) -> bytes:
         """[B, L] codes -> B * width bytes (value i at [i*width, (i+1)*width))."""
@@ -123,10 +124,23 @@ class BitPacker:
         """count * width bytes -> int64 [count, L]."""
         if len(blob) != count * self.width:
             raise ValueError(f"expected {count} values of {self.width} bytes, got {len(blob)} bytes")
-        padded = np.zeros((count, self.width + 8), dtype=np.uint8)
-        padded[:, : self.width] = np.frombuffer(blob, dtype=np.uint8).reshape(count, self.width)
-        words = np.ascontiguousarray(padded[:, self._gather]).view("<u8")[:, :, 0]  # [count, L]: 8 bytes from each code's start
-        return ((words >> self._shift) & self._mask).astype(np.int64)
+        starts = self._starts
+        if len(starts) < count:
+            starts = self._starts = self._start_bytes(count)
+        # The 8 bytes from each byte offset, as one little-endian uint64 each (an unaligned view, no
+        # copy; 8 zero bytes appended so the last code's word exists), gathered at each code's start:
+        # one fancy index, then shift and mask (a code of b <= 32 bits at shift <= 7 fits in 8 bytes).
+        buffer = blob + bytes(8)
+        at_every_byte = np.ndarray(shape=(len(buffer) - 7,), dtype="<u8", buffer=buffer, strides=(1,))
+        words = at_every_byte[starts[:count]]  # [count, L]
+        words >>= self._shift
+        words &= self._mask
+        return words.view(np.int64)  # < 2^32: the same integers
+
+    def _start_bytes(self, count: int) -> np.ndarray:
+        """[n, L] byte offsets in a blob of n >= count values of each value's codes (n a power of two)."""
+        n = 1 << max(count - 1, 1).bit_length()
+        return np.arange(n)[:, None] * self.width + self._code_bytes
 
     def unpack_index(self, blob: bytes, count: int) -> np.ndarray:
         """count * width bytes -> int64 [count]: each value's collision index."""
