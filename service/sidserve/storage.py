@@ -450,10 +450,15 @@ class CallConnections:
 
 
 class SidRedis(Redis):
-    """redis-py's asyncio client, plus the connections of SidStore's function calls (`calls`),
-    closed with it. Every other command uses the client's own pool."""
+    """redis-py's asyncio client, plus the connections of SidStore's function calls (`calls`: as
+    many as the pool's max_connections, made like the pool's but without a socket timeout, each call
+    bounded by `call_timeout` instead), closed with it. Every other command uses the client's pool."""
 
-    calls: CallConnections
+    def __init__(self, *, call_timeout: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        pool = self.connection_pool
+        untimed = {**pool.connection_kwargs, "socket_timeout": None}
+        self.calls = CallConnections(lambda: pool.connection_class(**untimed), pool.max_connections, call_timeout)
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await self.calls.aclose()
@@ -499,10 +504,7 @@ def connect(
         timeout=socket_timeout,
         retry=retry,
     )
-    client = SidRedis(connection_pool=pool, retry=retry, decode_responses=False)
-    untimed = {**pool.connection_kwargs, "socket_timeout": None}  # CallConnections bounds each call itself
-    client.calls = CallConnections(lambda: pool.connection_class(**untimed), max_connections, socket_timeout)
-    return client
+    return SidRedis(connection_pool=pool, retry=retry, decode_responses=False, call_timeout=socket_timeout)
 
 
 def code_dtype(codebook_size: int) -> np.dtype:
