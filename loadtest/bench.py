@@ -21,7 +21,6 @@ import os
 import time
 
 import numpy as np
-import orjson
 import redis
 
 from . import corpus, driver, procs, promparse, schedule, workload
@@ -33,20 +32,25 @@ from .runner import machine_note, scrape, write_json
 SIZES = {1: (1, 0), 300: (200, 100), 1000: (1000, 0)}
 
 
-def id_sets(n_items: int, sets: int, sizes: list[int], seed: int = 7) -> dict[int, list[list[str]]]:
+def id_sets(n_items: int, sets: int, sizes: list[int], seed: int = 7) -> dict[int, np.ndarray]:
+    """Per request size, `sets` Zipf-drawn ID sets as corpus item numbers (int32 [sets, size])."""
     out = {}
     for size in sizes:
-        c, h = SIZES[size]
         sampler = workload.KeySampler(n_items, "zipf", seed=seed + size)
-        out[size] = [[workload.item_id(int(i)) for i in sampler.sample(c + h)] for _ in range(sets)]
+        out[size] = sampler.sample(sets * size).astype(np.int32).reshape(sets, size)
     return out
 
 
-def http_sets(n_items: int, rate: float, sizes: list[int], seed: int = 7) -> dict[int, list[list[str]]]:
-    """ID sets of the HTTP points: enough that the replayed cycle outlasts the service's cache TTL
-    (workload.CACHE_SAFE_CYCLE_S), so the cache sees a Zipf stream, not the same few sets. The
-    first 2,048 sets are the Redis floors' sets (same seed)."""
-    return id_sets(n_items, max(2048, int(rate * workload.CACHE_SAFE_CYCLE_S)), sizes, seed)
+def id_names(items: np.ndarray) -> list[str]:
+    return [workload.item_id(int(i)) for i in items]
+
+
+def http_sets(n_items: int, rate: float, seconds: float, sizes: list[int], seed: int = 7) -> dict[int, np.ndarray]:
+    """ID sets of the HTTP points: one per request sent in `seconds` (warm-up + measured), so no
+    set is replayed: a replayed set finds its items still in the service's cache (entries live up
+    to SIDSERVE_CACHE_MAX_AGE_S, 60 s), which inflates hits. The first 2,048 sets are also the
+    Redis floors' sets."""
+    return id_sets(n_items, max(2048, math.ceil(rate * seconds)), sizes, seed)
 
 
 def mget_floor(url: str, codes: np.ndarray, sets: list[list[str]], iters: int, rate: float | None = None) -> dict:
@@ -131,12 +135,11 @@ def encode_time(m: dict, codes: np.ndarray, sets: list[list[str]], size: int, it
     return h.summary()
 
 
-def http_point(svc: procs.Service, path: str, sets: list[list[str]], size: int, rate: float,
+def http_point(svc: procs.Service, path: str, sets: np.ndarray, size: int, rate: float,
                duration_s: float, warmup_s: float, check) -> dict:
     c, _ = SIZES[size]
     host = svc.target
-    reqs = [encode_request("POST", path, host, orjson.dumps({"candidates": ids[:c], "history": ids[c:]}))
-            for ids in sets]
+    reqs = [encode_request("POST", path, host, workload.features_json(items, c)) for items in sets]
     warm_offsets = schedule.constant_offsets(rate, warmup_s)
     kinds = [driver.RequestKind(path, lambda i: reqs[i % len(reqs)], check=check)]
 
@@ -185,8 +188,8 @@ def main(args) -> int:
     src = corpus.EmbeddingSource(m["input_dim"], train_n=FULL.train_n)
     codes = corpus.compute_codes(bundle, src, n_items)
     sizes = sorted(set(args.ids)) if args.ids else list(SIZES)
-    sets = http_sets(n_items, args.rate, sizes)
-    floor_sets = {size: s[:2048] for size, s in sets.items()}
+    sets = http_sets(n_items, args.rate, warmup + duration, sizes)
+    floor_sets = {size: [id_names(items) for items in s[:2048]] for size, s in sets.items()}
     report: dict = {"machine": machine_note(), "bundle": str(bundle), "model_version": m["model_version"],
                     "levels": m["levels"], "codebook_size": m["codebook_size"], "items": n_items,
                     "hiredis": bool(redis.utils.HIREDIS_AVAILABLE), "rate_rps": args.rate,

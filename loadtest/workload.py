@@ -14,11 +14,6 @@ import orjson
 from .rawhttp import encode_request
 
 
-# A pool of pre-built requests is replayed in a cycle; the cycle must outlast the service's
-# per-process cache TTL (SIDSERVE_CACHE_TTL_S, default 5 s) by a margin, or replayed ID sets would
-# hit the cache more often than a fresh Zipf stream does.
-CACHE_SAFE_CYCLE_S = 12.0
-
 
 def item_id(i: int) -> str:
     return f"item-{i:08d}"
@@ -54,8 +49,12 @@ class KeySampler:
 
 
 def features_body(sampler: KeySampler, n_candidates: int, n_history: int) -> bytes:
-    ids = sampler.sample(n_candidates + n_history)
-    names = [item_id(int(i)) for i in ids]
+    return features_json(sampler.sample(n_candidates + n_history), n_candidates)
+
+
+def features_json(items: np.ndarray, n_candidates: int) -> bytes:
+    """The features body asking for these corpus items, the first n_candidates as candidates."""
+    names = [item_id(int(i)) for i in items]
     return orjson.dumps({"candidates": names[:n_candidates], "history": names[n_candidates:]})
 
 
