@@ -117,7 +117,7 @@ class BitPacker:
         as32 = np.ascontiguousarray(codes, dtype="<u4").reshape(b, self.levels, 1).view(np.uint8)
         bits = np.unpackbits(as32, axis=2, bitorder="little")[:, :, : self.bits]  # [B, L, b]
         flat = np.zeros((b, self.width * 8), dtype=np.uint8)
-        flat[:, : self.levels * self.bits] = bits.reshape(b, -1)
+        flat[:, : self.levels * self.bits] = bits.reshape(b, self.levels * self.bits)
         return np.packbits(flat, axis=1, bitorder="little").tobytes()
 
     def unpack(self, blob: bytes, count: int) -> np.ndarray:

@@ -59,6 +59,7 @@ def test_bit_packing_round_trip(k: int, levels: int) -> None:
     assert len(blob) == 64 * p.width
     assert (p.unpack(blob, 64) == codes).all()
     assert p.unpack(b"", 0).shape == (0, levels)
+    assert p.pack(np.zeros((0, levels), dtype=np.int64)) == b""
     indexed = BitPacker(levels, k, index_bytes=4)  # values followed by 4 bytes that unpack skips
     for count in (1, 65, 1000):  # beyond the 64 values unpack's offsets table starts with
         many = np.random.default_rng(count).integers(0, k, size=(count, levels))
