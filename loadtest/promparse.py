@@ -12,15 +12,16 @@ _LINE = re.compile(r'^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
-def buckets(text: str, endpoint: str, method: str = "POST", metric: str = METRIC) -> dict[float, float]:
-    """Cumulative bucket counts {le: count} of one endpoint (summed over label sets/processes)."""
+def buckets(text: str, endpoint: str | None, method: str = "POST", metric: str = METRIC) -> dict[float, float]:
+    """Cumulative bucket counts {le: count} of one endpoint (summed over label sets/processes);
+    endpoint None: a histogram without endpoint labels."""
     out: dict[float, float] = {}
     for line in text.splitlines():
         m = _LINE.match(line)
         if not m or m["name"] != metric + "_bucket":
             continue
         labels = dict(_LABEL.findall(m["labels"] or ""))
-        if labels.get("endpoint") != endpoint or labels.get("method", method) != method:
+        if endpoint is not None and (labels.get("endpoint") != endpoint or labels.get("method", method) != method):
             continue
         le = math.inf if labels["le"] in ("+Inf", "Inf") else float(labels["le"])
         out[le] = out.get(le, 0.0) + float(m["value"])
@@ -63,3 +64,19 @@ def cache_hit_rate(before: str, after: str) -> float | None:
     hits = b1.get("hit", 0.0) - b0.get("hit", 0.0)
     total = hits + b1.get("miss", 0.0) - b0.get("miss", 0.0)
     return round(hits / total, 4) if total else None
+
+
+LOOP_LAG_METRIC = "sidserve_event_loop_lag_seconds"
+
+
+def loop_stalls(before: str, after: str) -> dict | None:
+    """Between two scrapes, summed over the workers: rounds of the service's event-loop lag watcher
+    (one per worker every 50 ms) and how many woke more than 10 / 100 ms late (the loop was held)."""
+    b0, b1 = buckets(before, None, metric=LOOP_LAG_METRIC), buckets(after, None, metric=LOOP_LAG_METRIC)
+    if not b1:
+        return None
+    rounds = b1[math.inf] - b0.get(math.inf, 0.0)
+    out = {"rounds": int(rounds)}
+    for name, le in (("over_10ms", 0.01), ("over_100ms", 0.1)):
+        out[name] = int(rounds - (b1.get(le, 0.0) - b0.get(le, 0.0))) if le in b1 else None
+    return out

@@ -100,6 +100,7 @@ def summarize(sc: Scenario, res: driver.DriveResult, late_ms: float, server: dic
         "send_lag": tot.send_lag.summary(),
         "server_side": server.get(res.kinds[0].name) if len(res.kinds) == 1 else None,
         "cache_hit_rate": getattr(res, "cache_hit_rate", None),
+        "service_loop_stalls": getattr(res, "loop_stalls", None),
         "generator": {"cpu_us_per_request": round(res.gen_cpu_s / max(1, res.scheduled) * 1e6, 1),
                       "cpu_share_of_one_core": round(res.gen_cpu_s / max(res.elapsed_s, 1e-9), 3),
                       "connections_opened": res.connections,
@@ -145,6 +146,7 @@ def drive_scenario(svc: procs.Service, sc: Scenario, profile: Profile, n_items: 
             res.server = {k.name: promparse.delta_summary(before, after, _kind_endpoint(k.name))
                           if before is not None and after is not None else None for k in kinds}
             res.cache_hit_rate = promparse.cache_hit_rate(before, after) if before and after else None
+            res.loop_stalls = promparse.loop_stalls(before, after) if before and after else None
             return res
         finally:
             pool.close()
@@ -233,20 +235,22 @@ def _json_default(o):
 
 
 HEADER = (f"{'scenario':<24} {'rate':>6} {'ok/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>8} "
-          f"{'srv p50':>7} {'srv p99':>7} {'err':>5} {'late':>5} {'gen us':>6}  budget")
+          f"{'srv p50':>7} {'srv p99':>7} {'err':>5} {'late':>5} {'stall':>5} {'gen us':>6}  budget")
 
 
 def row(r: dict) -> str:
     lat, srv = r["latency"], r.get("server_side") or {}
     f = lambda v: "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:7.3f}"  # noqa: E731
     status = "ok" if not r.get("budget_misses") else "MISSED: " + "; ".join(r["budget_misses"])
+    stalls = (r.get("service_loop_stalls") or {}).get("over_10ms", "n/a")
     return (f"{r['scenario']:<24} {r['rate_rps']:>6g} {r['achieved_rps']:>8.1f} {f(lat['p50_ms'])} {f(lat['p90_ms'])} "
             f"{f(lat['p99_ms'])} {f(lat['p999_ms'])} {lat['max_ms']:>8.2f} {f(srv.get('p50_ms'))} "
-            f"{f(srv.get('p99_ms'))} {sum(r['errors'].values()):>5} {r['late_sends']:>5} "
+            f"{f(srv.get('p99_ms'))} {sum(r['errors'].values()):>5} {r['late_sends']:>5} {stalls:>5} "
             f"{r['generator']['cpu_us_per_request']:>6.0f}  {status}")
 
 
 def table(results: list[dict]) -> str:
     return ("latency in ms from each request's intended send time (client-observed, open model); "
-            "srv = server-side handler time (Prometheus buckets, interpolated)\n"
+            "srv = server-side handler time (Prometheus buckets, interpolated); stall = rounds in which a "
+            "service worker's event loop woke > 10 ms late (sidserve_event_loop_lag_seconds)\n"
             + HEADER + "\n" + "\n".join(row(r) for r in results))

@@ -8,6 +8,7 @@ Run it with the `sidserve` console script, or under uvicorn directly:
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -28,7 +29,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import codec, storage
+from . import codec, looplag, storage
 from .metrics import Metrics
 from .responses import INDEX, SID
 from .schemas import (
@@ -77,6 +78,7 @@ class ServiceState:
         self.metrics = Metrics()
         self.registry: ModelRegistry | None = None
         self.redis: Redis | RedisCluster | None = None
+        self._loop_lag: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         s = self.settings
@@ -88,6 +90,7 @@ class ServiceState:
         # A broken bundle stops the startup here with BundleError's message: fail fast, not at first request.
         self.registry = ModelRegistry(load_servings(s, self.redis, self._count_cache), self.redis, s, self.metrics)
         await self.registry.start()
+        self._loop_lag = asyncio.create_task(looplag.watch(self.metrics.loop_lag.observe))
 
     def ready_registry(self) -> ModelRegistry:
         """The model registry; NotReady (503) until the lifespan has opened it."""
@@ -108,6 +111,9 @@ class ServiceState:
         self.metrics.cache_misses.inc(misses)
 
     async def close(self) -> None:
+        if self._loop_lag is not None:
+            self._loop_lag.cancel()
+            await asyncio.wait([self._loop_lag])
         if self.registry is not None:
             await self.registry.stop()
         if self.redis is not None:

@@ -22,6 +22,10 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+# Event-loop lag (sidserve.looplag): below ~2 ms it is timer resolution; above, the loop was held.
+LOOP_LAG_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -33,6 +37,12 @@ class Metrics:
         self.latency = Histogram(
             "sidserve_request_duration_seconds", "Server-side request handling time by route template.",
             ["endpoint", "method"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.loop_lag = Histogram(
+            "sidserve_event_loop_lag_seconds",
+            "How much later than due this worker's event loop woke a timer set every 50 ms: time in which it "
+            "served no request (long synchronous work, a GC pass, CPU starvation). Below ~2 ms: timer resolution.",
+            buckets=LOOP_LAG_BUCKETS, registry=r,
         )  # fmt: skip
         self.redis_errors = Counter(
             "sidserve_redis_errors_total", "Redis calls that failed (unreachable, timeout, refused).",

@@ -72,6 +72,21 @@ def test_server_side_quantiles_from_scrape_delta():
     assert promparse.delta_summary(before, after, "/v1/nothing") is None
 
 
+LAG_SCRAPE = """sidserve_event_loop_lag_seconds_bucket{le="0.002"} %d.0
+sidserve_event_loop_lag_seconds_bucket{le="0.01"} %d.0
+sidserve_event_loop_lag_seconds_bucket{le="0.1"} %d.0
+sidserve_event_loop_lag_seconds_bucket{le="+Inf"} %d.0
+sidserve_event_loop_lag_seconds_count %d.0
+"""
+
+
+def test_loop_stalls_from_scrape_delta():
+    before = LAG_SCRAPE % (5, 6, 7, 8, 8)
+    after = LAG_SCRAPE % (1005, 1006, 1011, 1013, 1013)  # 1,005 new: 5 over 10 ms, 1 of them over 100 ms
+    assert promparse.loop_stalls(before, after) == {"rounds": 1005, "over_10ms": 5, "over_100ms": 1}
+    assert promparse.loop_stalls(before, SCRAPE % (1, 1, 1, 1)) is None  # a service without the watcher
+
+
 def test_kind_to_endpoint():
     assert runner._kind_endpoint("fetch_300") == "/v1/features"
     assert runner._kind_endpoint("upload_single") == "/v1/items"

@@ -6,6 +6,7 @@ Redis ([single]) and against a 3-master Redis Cluster ([cluster], SIDSERVE_REDIS
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -235,6 +236,19 @@ def test_readme_worked_example_config(
     assert (f.feature_config.ngram, f.feature_config.table_size) == (3, 1000)
 
 
+def _loop_lag_count(http: httpx.Client, within_s: float) -> float:
+    """sidserve_event_loop_lag_seconds_count, polled until it is > 0 or within_s passed (the watcher
+    records its first round 50 ms after startup)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        text = http.get("/metrics").text
+        [count] = [float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith("sidserve_event_loop_lag_seconds_count")]  # fmt: skip
+        if count > 0 or time.monotonic() > deadline:
+            return count
+        time.sleep(0.05)
+
+
 def test_health_readiness_metrics_and_docs(http: httpx.Client, client: SidServeClient) -> None:
     assert http.get("/healthz").json() == {"status": "ok"}
     ready = http.get("/readyz")
@@ -248,6 +262,7 @@ def test_health_readiness_metrics_and_docs(http: httpx.Client, client: SidServeC
     assert 'sidserve_requests_total{endpoint="/v1/features",method="POST",status="200"}' in text
     assert 'sidserve_request_duration_seconds_bucket{endpoint="/v1/features",le="0.00025",method="POST"}' in text
     assert "sidserve_items_written_total" in text and "sidserve_redis_errors_total" in text
+    assert _loop_lag_count(http, within_s=2.0) > 0  # the loop-lag watcher runs (sidserve.looplag)
     assert 'sidserve_feature_lookups_total{known="false"}' in text
 
     spec = http.get("/openapi.json").json()
