@@ -116,16 +116,17 @@ def storage_read(url: str, m: dict, sets: list[list[str]], iters: int) -> dict:
 def encode_time(m: dict, codes: np.ndarray, sets: list[list[str]], size: int, iters: int) -> dict:
     """The service's response encoding alone (sidserve.responses.FeaturesEncoder) for these sets."""
     from sidserve.features import FeatureConfig, feature_rows
-    from sidserve.responses import FeaturesEncoder, encode_answers
+    from sidserve.responses import AnswerLayout, FeaturesEncoder
     from sidserve.schemas import FeatureConfigOut
 
     config = FeatureConfig("prefix_ngram", m["codebook_size"], m["levels"], m["levels"], 1_000_004)
     config_out = FeatureConfigOut.of(config).model_dump()
-    encoder = FeaturesEncoder(m["model_version"], config_out, False)
+    layout = AnswerLayout(config.levels, config.codebook_size, config.num_tokens, config.table_size, False)
+    encoder = FeaturesEncoder(m["model_version"], config_out, layout)
     answer_sets = []  # as the SID cache holds them: each item's answer pre-encoded when it was read
     for ids in sets[:64]:
         c = codes[[int(i.split("-")[1]) for i in ids]].astype(np.int64)
-        answer_sets.append(encode_answers(c, feature_rows(c, config), None))
+        answer_sets.append(layout.records(c, feature_rows(c, config), None))
     h = LatencyHistogram()
     for n in range(iters):
         answers = answer_sets[n % len(answer_sets)]

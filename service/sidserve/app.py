@@ -430,10 +430,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         found = await serving.lookup.fetch([item_id])
         if found.unknown:
             raise HTTPException(404, f"item {item_id!r} has no SID under model {serving.model.version}")
-        answer = found.answers[0]
+        answer, layout = found.answers[0], serving.lookup.layout
         return ItemRead(
-            item_id=item_id, sid=orjson.loads(answer[SID]), model_version=serving.model.version,
-            collision_index=orjson.loads(answer[INDEX]) if serving.store.collision_index else None,
+            item_id=item_id, sid=orjson.loads(layout.value(answer, SID)), model_version=serving.model.version,
+            collision_index=orjson.loads(layout.value(answer, INDEX)) if layout.indexed else None,
         )  # fmt: skip
 
     # The hot read path: DirectRoute calls these endpoints without FastAPI's dependency solving.

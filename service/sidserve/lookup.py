@@ -10,10 +10,11 @@ over 1M items at 75,000 lookups/s per worker (250 requests/s x 300 IDs) answered
 78 %); the full load test measured 74-79 % at 500-1,000 requests/s over 2 workers with the default
 5 s (README "Measured figures").
 
-What is cached: an item's answer as the features endpoint serves it, pre-encoded as JSON
-fragments (sidserve.responses: known, its L codes, its feature rows from `feature_rows`, the one
+What is cached: an item's answer as the features endpoint serves it, pre-encoded as one JSON
+record (sidserve.responses: known, its L codes, its feature rows from `feature_rows`, the one
 index function, and k with the collision index), so a hit costs one dict lookup and no unpacking,
-hashing, index arithmetic or number formatting; misses go through the same functions.
+hashing, index arithmetic or number formatting; misses go through the same functions. The dict
+maps str to bytes, which CPython's cyclic GC never tracks: no collection walks the cache.
 
 Staleness contract (SIDSERVE_CACHE_TTL_S; 0 turns the cache off):
 - An item's SID changes only when its content is re-uploaded with new content (`updated`). This
@@ -47,14 +48,14 @@ from typing import cast
 
 
 from .features import FeatureConfig, feature_rows
-from .responses import Answer, encode_answers, unknown_answer
+from .responses import Answer, AnswerLayout
 from .storage import SidStore
 
 
 @dataclass(frozen=True)
 class Lookup:
-    """Aligned with the requested IDs: each item's answer (sidserve.responses.Answer; unknown items
-    get the unknown answer: known false, sid null, rows 0), and how many were unknown."""
+    """Aligned with the requested IDs: each item's answer (a sidserve.responses record; unknown items
+    get the layout's unknown record: known false, sid null, rows 0), and how many were unknown."""
 
     answers: list[Answer]
     unknown: int
@@ -74,7 +75,10 @@ class FeatureLookup:
         self._on_lookup = on_lookup  # called with (cache hits, cache misses) per fetch
         self._clock = clock
         self._indexed = store.collision_index  # then k is read, cached and served too
-        self._unknown = unknown_answer(features.num_tokens, self._indexed)
+        self.layout = AnswerLayout(
+            features.levels, features.codebook_size, features.num_tokens, features.table_size, self._indexed
+        )
+        self._unknown = self.layout.unknown
         self._entries: dict[str, Answer] = {}
         self._batches: deque[tuple[float, tuple[str, ...]]] = deque()  # (answered at, IDs inserted), oldest first
         self._writes = 0  # bumped by forget(): a fetch that overlapped a write caches nothing
@@ -121,7 +125,7 @@ class FeatureLookup:
             codes, known, index = await self.store.read_indexed(item_ids)
         else:
             (codes, known), index = await self.store.read(item_ids), None
-        answers = encode_answers(codes, feature_rows(codes, self.features), index)
+        answers = self.layout.records(codes, feature_rows(codes, self.features), index)
         return [answer if stored else None for answer, stored in zip(answers, known.tolist())]
 
     def forget(self, item_ids: Sequence[str]) -> None:

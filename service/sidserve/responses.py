@@ -1,51 +1,80 @@
-"""The features answer as JSON bytes, assembled from each item's answer pre-encoded as JSON.
+"""The features answer as JSON bytes, assembled from each item's answer pre-encoded as one record.
 
-An item's answer is encoded once, when it is read from Redis (`encode_answers`): a tuple of JSON
-fragments, one per column of FeaturesOut's blocks: known, sid, rows and, with the collision index,
-k. The per-process cache (sidserve.lookup) keeps these tuples, so answering a cached item formats
-no number at all: a block is one `b",".join` per column over the items' fragments, in C.
+An item's answer is encoded once, when it is read from Redis (`AnswerLayout.records`), as one
+bytes object of fixed width: one JSON fragment per column of FeaturesOut's blocks (known, sid,
+rows and, with the collision index, k), each padded with spaces to its column's width and
+followed by a comma. JSON allows whitespace between array elements, so a block is the records
+joined, viewed as an [n, width] byte table, and each column one slice of that table:
 
-Why: for 300 cached Zipf IDs, cache lookup + assembly + encoding took 70 us in-process against
-105-120 us for the previous design (cached int64 rows joined into arrays, then orjson's numpy
-encoding of ~5,000 int64), and 125-177 us against 181-192 us with a 3 ms pause before each call,
-which leaves the CPU caches cold as the paced load test does (whole requests: README "Measured
-figures", loadtest/bench_inproc.py). The price: ~60 B more per cached item (tracemalloc: 268
-against 208 B per entry at L = 8, not counting the ID strings), and miss-heavy requests format
-each miss once: 300 IDs with 240 misses took 206-211 us against 180 us (Redis not timed), with
-15 misses 78 against 104 us. The shape is FeaturesOut (schemas.py), which documents it in
-OpenAPI; a test checks these bytes against orjson's encoding of the same values.
+    record  b'true ,[3,1,4]   ,[17,905]  ,'     (known, sid, rows; widths from K, L, N and H)
+    column  b'[3,1,4]   ,[2047,0,9],[5,5,5]   '  -> "sids":[[3,1,4]   ,[2047,0,9],[5,5,5]   ]
+
+The per-process cache (sidserve.lookup) keeps these records, so answering a cached item costs one
+dict lookup and its share of one join: no number formatting, no per-item object but the record.
+
+Why one bytes object per item, not a tuple of fragments (the previous design):
+- CPython's cyclic GC never tracks a dict whose keys and values are str and bytes, so no
+  collection walks the cache. A 200k-entry dict of tuples made each full collection take 5.4 ms
+  (a synthetic test with cold CPU caches), against 0.0 ms for the same dict of bytes records.
+- encoding a 300-ID answer is one join and a few slices per block: 18.6 / 23.9 us in-process
+  (warm / paced) against 43.2 / 55.9 us for three joins over tuples; and an entry takes ~90 B
+  less (RSS over 200k entries: 264 against 355 B).
+The price: padding. A 300-ID answer at K = 2048, L = 8, H = 1,000,004 is 34.3 KB instead of
+30.1 KB (each row index is padded to the 7 digits of H - 1; most take 6). The shape is FeaturesOut (schemas.py), which documents
+it in OpenAPI; a test checks that the answer parses to exactly what orjson writes for the same
+values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from operator import itemgetter
-from typing import Any
-
 import numpy as np
 import orjson
 
-Answer = tuple[bytes, ...]  # (known, sid, rows) or (known, sid, rows, k): JSON fragments
+Answer = bytes  # one item's record (AnswerLayout)
 
-SID, ROWS, INDEX = 1, 2, 3  # positions in an Answer
-_KNOWN_COLUMNS = ((b'{"known":[', itemgetter(0)), (b'],"sids":[', itemgetter(SID)), (b'],"rows":[', itemgetter(ROWS)))
-_INDEX_COLUMN = ((b'],"collision_index":[', itemgetter(INDEX)),)
-
-
-def unknown_answer(num_tokens: int, indexed: bool) -> Answer:
-    """The answer of an item without a stored SID: known false, sid null, rows all 0 (the reserved row)."""
-    rows = orjson.dumps([0] * num_tokens)
-    return (b"false", b"null", rows, b"null") if indexed else (b"false", b"null", rows)
+KNOWN, SID, ROWS, INDEX = 0, 1, 2, 3  # columns of a record
+_OPENINGS = (b'{"known":[', b'],"sids":[', b'],"rows":[', b'],"collision_index":[')
+_UINT32_DIGITS = len(str(2**32 - 1))  # the collision index k is a uint32 (storage.INDEX_BYTES)
 
 
-def encode_answers(codes: np.ndarray, rows: np.ndarray, index: np.ndarray | None) -> list[Answer]:
-    """Each item's answer as known: codes int64 [n, L], rows int64 [n, num_tokens], k int64 [n] or None
-    (the caller drops the answers of items Redis did not know)."""
-    sids, row_lists = _row_fragments(codes), _row_fragments(rows)
-    if index is None:
-        return [(b"true", sid, row) for sid, row in zip(sids, row_lists)]
-    ks = orjson.dumps(index, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
-    return [(b"true", sid, row, k) for sid, row, k in zip(sids, row_lists, ks)]
+def _list_width(count: int, largest: int) -> int:
+    """Characters of the longest JSON list of `count` integers in [0, largest]."""
+    return 2 + count * len(str(largest)) + count - 1
+
+
+class AnswerLayout:
+    """The record format of one model version's answers: column widths from K, L, the number of
+    feature tokens and H (and k's 10 digits when the collision index is served)."""
+
+    def __init__(self, levels: int, codebook_size: int, num_tokens: int, table_size: int, indexed: bool) -> None:
+        self.indexed = indexed
+        widths = [len(b"false"), _list_width(levels, codebook_size - 1), _list_width(num_tokens, table_size - 1)]
+        if indexed:
+            widths.append(_UINT32_DIGITS)
+        self._format = b"".join(b"%%-%ds," % w for w in widths)  # b"%-5s,%-41s,%-65s,"
+        self.width = sum(widths) + len(widths)
+        bounds = np.cumsum([0] + [w + 1 for w in widths]).tolist()
+        self.spans = tuple(zip(bounds[:-1], bounds[1:]))  # each column's [start, stop) in a record
+        unknown = (b"false", b"null", orjson.dumps([0] * num_tokens)) + ((b"null",) if indexed else ())
+        self.unknown: Answer = self._format % unknown  # sid null, rows all 0 (the reserved row)
+
+    def records(self, codes: np.ndarray, rows: np.ndarray, index: np.ndarray | None) -> list[Answer]:
+        """Each known item's record: codes int64 [n, L], rows int64 [n, num_tokens], k int64 [n]
+        or None (the caller drops the records of items Redis did not know)."""
+        sids, row_lists, fmt = _row_fragments(codes), _row_fragments(rows), self._format
+        if index is None:
+            out = [fmt % (b"true", sid, row) for sid, row in zip(sids, row_lists)]
+        else:
+            ks = orjson.dumps(index, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+            out = [fmt % (b"true", sid, row, k) for sid, row, k in zip(sids, row_lists, ks)]
+        if sum(map(len, out)) != len(out) * self.width:  # a value wider than its column: never served misaligned
+            raise ValueError(f"a code, row or k exceeds the record layout (K, L, H) of width {self.width}")
+        return out
+
+    def value(self, answer: Answer, column: int) -> bytes:
+        """One column of a record as plain JSON text (b"[3,1,4]", b"null")."""
+        start, stop = self.spans[column]
+        return answer[start : stop - 1].rstrip()
 
 
 def _row_fragments(values: np.ndarray) -> list[bytes]:
@@ -61,22 +90,23 @@ class FeaturesEncoder:
     version shares, its model_version and feature_config (and whether the collision_index columns
     are present, SIDSERVE_COLLISION_INDEX), is encoded once, not per request."""
 
-    def __init__(self, model_version: str, feature_config: dict[str, Any], indexed: bool) -> None:
+    def __init__(self, model_version: str, feature_config: dict, layout: AnswerLayout) -> None:
         self._head = orjson.dumps({"model_version": model_version, "feature_config": feature_config})[:-1]
-        self._columns = _KNOWN_COLUMNS + _INDEX_COLUMN if indexed else _KNOWN_COLUMNS
+        self._layout = layout
+        self._columns = tuple(zip(_OPENINGS, layout.spans))
 
     def encode(self, answers: list[Answer], n_candidates: int) -> bytes:
         """The first n_candidates answers are the candidates, the rest history."""
         parts = [self._head, b',"candidates":']
-        _block(parts, self._columns, answers[:n_candidates])
+        self._block(parts, answers[:n_candidates])
         parts.append(b',"history":')
-        _block(parts, self._columns, answers[n_candidates:])
+        self._block(parts, answers[n_candidates:])
         parts.append(b"}")
         return b"".join(parts)
 
-
-def _block(parts: list[bytes], columns: tuple[tuple[bytes, Callable[[Answer], bytes]], ...], answers: list[Answer]) -> None:
-    for opening, column in columns:
-        parts.append(opening)
-        parts.append(b",".join(map(column, answers)))
-    parts.append(b"]}")
+    def _block(self, parts: list[bytes], answers: list[Answer]) -> None:
+        table = np.frombuffer(b"".join(answers), dtype=np.uint8).reshape(len(answers), self._layout.width)
+        for opening, (start, stop) in self._columns:
+            parts.append(opening)
+            parts.append(table[:, start:stop].tobytes()[:-1])  # without the last item's comma
+        parts.append(b"]}")

@@ -132,7 +132,7 @@ class Settings(BaseSettings):
     )
     cache_max_items: PositiveInt = Field(
         default=200_000,
-        description="Entries of that cache per process and loaded model version (~460 B each with L = 8 and 13-byte IDs: up to ~90 MB).",
+        description="Entries of that cache per process and loaded model version (~275 B each with L = 8 and 13-byte IDs: up to ~55 MB).",
     )
     retry_after_s: PositiveInt = Field(
         default=1, description="Retry-After (seconds) sent with 503 answers while Redis is unreachable."

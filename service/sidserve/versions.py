@@ -149,7 +149,7 @@ def load_servings(
             collision_index=s.collision_index, fingerprint_bytes=s.store_fingerprint_bytes,
         )  # fmt: skip
         lookup = FeatureLookup(store, features, s.cache_ttl_s, s.cache_max_items, s.cache_max_age_s, on_lookup=on_cache)
-        encoder = FeaturesEncoder(model.version, features_out, s.collision_index)
+        encoder = FeaturesEncoder(model.version, features_out, lookup.layout)
         servings.append(Serving(model, store, lookup, features, features_out, encoder))
         log.info(
             "model %s loaded from %s: D=%d L=%d K=%d; features %s",

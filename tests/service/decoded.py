@@ -1,4 +1,4 @@
-"""Tests' view of a FeatureLookup answer as arrays (the service itself only joins the fragments)."""
+"""Tests' view of a FeatureLookup answer as arrays (the service itself only joins the records)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import numpy as np
 import orjson
 
 from sidserve.lookup import Lookup
-from sidserve.responses import INDEX, ROWS, SID
 
 
 @dataclass(frozen=True)
@@ -20,11 +19,12 @@ class Decoded:
 
 
 def decoded(found: Lookup, levels: int) -> Decoded:
-    answers = found.answers
-    known = np.array([a[0] == b"true" for a in answers], dtype=bool)
+    # A record is its columns' JSON values, each followed by a comma: in brackets, a JSON array.
+    records = [orjson.loads(b"[" + answer[:-1] + b"]") for answer in found.answers]
+    known = np.array([r[0] for r in records], dtype=bool)
     assert found.unknown == int((~known).sum())
-    codes = np.array([orjson.loads(a[SID]) or [0] * levels for a in answers], dtype=np.int64).reshape(len(answers), levels)
-    rows = np.array([orjson.loads(a[ROWS]) for a in answers], dtype=np.int64)
-    indexed = bool(answers) and len(answers[0]) > INDEX
-    index = np.array([orjson.loads(a[INDEX]) or 0 for a in answers], dtype=np.int64) if indexed else None
+    codes = np.array([r[1] or [0] * levels for r in records], dtype=np.int64).reshape(len(records), levels)
+    rows = np.array([r[2] for r in records], dtype=np.int64)
+    indexed = bool(records) and len(records[0]) == 4
+    index = np.array([r[3] or 0 for r in records], dtype=np.int64) if indexed else None
     return Decoded(codes, rows, known, index)
