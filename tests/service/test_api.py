@@ -163,6 +163,9 @@ def test_item_errors_name_field_and_problem(
 
     r = http.post("/v1/items", content=b'{"item_id": "a", "embedding": [1,', headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+    deep = b"[" * 100_000 + b"]" * 100_000  # deeper than any parser's stack: an error, not a 500
+    r = http.post("/v1/items/batch", content=deep, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
     # NaN everywhere: the error list is capped, and never echoes NaN (not JSON).
     r = _post(http, "/v1/items/batch", {"items": [{"item_id": "n", "embedding": [float("nan")] * 32}] * 5})
     assert r.status_code == 422 and len(r.json()["detail"]) == 21
