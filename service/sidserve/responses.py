@@ -27,6 +27,8 @@ values.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import orjson
 
@@ -90,7 +92,7 @@ class FeaturesEncoder:
     version shares, its model_version and feature_config (and whether the collision_index columns
     are present, SIDSERVE_COLLISION_INDEX), is encoded once, not per request."""
 
-    def __init__(self, model_version: str, feature_config: dict, layout: AnswerLayout) -> None:
+    def __init__(self, model_version: str, feature_config: dict[str, Any], layout: AnswerLayout) -> None:
         self._head = orjson.dumps({"model_version": model_version, "feature_config": feature_config})[:-1]
         self._layout = layout
         self._columns = tuple(zip(_OPENINGS, layout.spans))
