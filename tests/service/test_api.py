@@ -163,6 +163,9 @@ def test_item_errors_name_field_and_problem(
 
     r = http.post("/v1/items", content=b'{"item_id": "a", "embedding": [1,', headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+    utf16 = json.dumps({"items": [{"item_id": "utf-16 body", "embedding": e}]}).encode("utf-16")
+    r = http.post("/v1/items/batch", content=utf16, headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json()["items"][0]["item_id"] == "utf-16 body"  # JSON may be UTF-16/32
     deep = b"[" * 100_000 + b"]" * 100_000  # deeper than any parser's stack: an error, not a 500
     r = http.post("/v1/items/batch", content=deep, headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
