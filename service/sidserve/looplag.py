@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-INTERVAL_S = 0.05  # 20 wake-ups/s: costs nothing measurable, catches stalls of a few ms
+INTERVAL_S = 0.05  # 20 wake-ups/s (each a timer and one histogram observe): catches stalls of a few ms
 
 
 async def watch(observe: Callable[[float], None], interval_s: float = INTERVAL_S) -> None:
