@@ -41,10 +41,6 @@ def id_sets(n_items: int, sets: int, sizes: list[int], seed: int = 7) -> dict[in
     return out
 
 
-def id_names(items: np.ndarray) -> list[str]:
-    return [workload.item_id(int(i)) for i in items]
-
-
 def http_sets(n_items: int, rate: float, seconds: float, sizes: list[int], seed: int = 7) -> dict[int, np.ndarray]:
     """ID sets of the HTTP points: one per request sent in `seconds` (warm-up + measured), so no
     set is replayed: a replayed set finds its items still in the service's cache (entries live up
@@ -190,7 +186,7 @@ def main(args) -> int:
     codes = corpus.compute_codes(bundle, src, n_items)
     sizes = sorted(set(args.ids)) if args.ids else list(SIZES)
     sets = http_sets(n_items, args.rate, warmup + duration, sizes)
-    floor_sets = {size: [id_names(items) for items in s[:2048]] for size, s in sets.items()}
+    floor_sets = {size: [workload.item_ids(items) for items in s[:2048]] for size, s in sets.items()}
     report: dict = {"machine": machine_note(), "bundle": str(bundle), "model_version": m["model_version"],
                     "levels": m["levels"], "codebook_size": m["codebook_size"], "items": n_items,
                     "hiredis": bool(redis.utils.HIREDIS_AVAILABLE), "rate_rps": args.rate,

@@ -52,9 +52,14 @@ def features_body(sampler: KeySampler, n_candidates: int, n_history: int) -> byt
     return features_json(sampler.sample(n_candidates + n_history), n_candidates)
 
 
+def item_ids(items: np.ndarray) -> list[str]:
+    """The IDs of these corpus items."""
+    return [item_id(int(i)) for i in items]
+
+
 def features_json(items: np.ndarray, n_candidates: int) -> bytes:
     """The features body asking for these corpus items, the first n_candidates as candidates."""
-    names = [item_id(int(i)) for i in items]
+    names = item_ids(items)
     return orjson.dumps({"candidates": names[:n_candidates], "history": names[n_candidates:]})
 
 

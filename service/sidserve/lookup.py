@@ -74,9 +74,9 @@ class FeatureLookup:
         self.following = False  # set by sidserve.notices while it hears this version's update notices
         self._on_lookup = on_lookup  # called with (cache hits, cache misses) per fetch
         self._clock = clock
-        self._indexed = store.collision_index  # then k is read, cached and served too
+        # With the collision index, k is read, cached and served too.
         self.layout = AnswerLayout(
-            features.levels, features.codebook_size, features.num_tokens, features.table_size, self._indexed
+            features.levels, features.codebook_size, features.num_tokens, features.table_size, store.collision_index
         )
         self._unknown = self.layout.unknown
         self._entries: dict[str, Answer] = {}
@@ -121,7 +121,7 @@ class FeatureLookup:
 
     async def _read(self, item_ids: Sequence[str]) -> list[Answer | None]:
         """The items' answers from Redis, None for an item not stored."""
-        if self._indexed:
+        if self.layout.indexed:
             codes, known, index = await self.store.read_indexed(item_ids)
         else:
             (codes, known), index = await self.store.read(item_ids), None

@@ -686,16 +686,11 @@ class SidStore:
             raise StorageUnavailable(operation, e) from e
 
     async def _execute(self, command: tuple[Any, ...]) -> Any:
-        """One command on a connection of the client's CallConnections (see there why), or of its
-        pool for a client that connect() did not make."""
+        """One command on a connection of the client's CallConnections (see there why), or through
+        redis-py's own execute_command for a client that connect() did not make."""
         if self._calls is not None:
             return await self._calls.execute(command)
-        pool = self.redis.connection_pool
-        conn = await pool.get_connection()
-        try:
-            return await _exchange(conn, conn.pack_command(*command))
-        finally:
-            await pool.release(conn)
+        return await self.redis.execute_command(*command)
 
     async def capacity_warning(self, items: int) -> str | None:
         """Why `items` items would not fit this version's buckets as listpacks, or None.
