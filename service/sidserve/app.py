@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import math
 import time
@@ -24,12 +23,11 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import codec, looplag, storage
+from . import bodies, codec, looplag, storage
 from .metrics import Metrics
 from .responses import INDEX, SID
 from .schemas import (
@@ -79,6 +77,9 @@ class ServiceState:
         self.registry: ModelRegistry | None = None
         self.redis: Redis | RedisCluster | None = None
         self._loop_lag: asyncio.Task[None] | None = None
+        self.json_parser = bodies.JsonBatchParser(
+            settings.json_parse_processes, settings.json_parse_offload_min_bytes, settings.ingest_nice
+        )
 
     async def open(self) -> None:
         s = self.settings
@@ -91,6 +92,7 @@ class ServiceState:
         self.registry = ModelRegistry(load_servings(s, self.redis, self._count_cache), self.redis, s, self.metrics)
         await self.registry.start()
         self._loop_lag = asyncio.create_task(looplag.watch(self.metrics.loop_lag.observe))
+        self.json_parser.start()
 
     def ready_registry(self) -> ModelRegistry:
         """The model registry; NotReady (503) until the lifespan has opened it."""
@@ -111,6 +113,7 @@ class ServiceState:
         self.metrics.cache_misses.inc(misses)
 
     async def close(self) -> None:
+        self.json_parser.close()
         if self._loop_lag is not None:
             self._loop_lag.cancel()
             await asyncio.wait([self._loop_lag])
@@ -165,86 +168,6 @@ _E413 = {"model": ErrorOut, "description": "Request body larger than the configu
 _E503 = _retry_after_header("Redis unreachable or no model loaded; retry after Retry-After seconds.")
 _E404 = {"model": ErrorOut, "description": "No SID stored for this item under the requested (or active) model version."}
 _E409 = {"model": ErrorOut, "description": "The version is the active one: activate another version first."}
-
-
-def _embeddings(items: list[ItemIn], dim: int, batch: bool) -> np.ndarray:
-    """Items' embeddings as float32 [B, D]; 422 naming every bad item (its index in loc) otherwise."""
-
-    def loc(i: int) -> tuple[str | int, ...]:
-        return ("body", "items", i, "embedding") if batch else ("body", "embedding")
-
-    errors = [
-        {"type": "embedding_length", "loc": loc(i),
-         "msg": f"embedding has {len(item.embedding)} values, the model expects D={dim}"}
-        for i, item in enumerate(items) if len(item.embedding) != dim
-    ]  # fmt: skip
-    if errors:
-        raise RequestValidationError(errors)
-    with np.errstate(over="ignore"):
-        x = np.array([item.embedding for item in items], dtype=np.float32).reshape(len(items), dim)
-    # pydantic rejected NaN/Inf; values beyond float32's range only become inf here.
-    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-    if bad.size:
-        raise RequestValidationError([
-            {"type": "finite_number", "loc": loc(int(i)),
-             "msg": "embedding has values outside float32's finite range (|x| > 3.4e38)"}
-            for i in bad
-        ])  # fmt: skip
-    return x
-
-
-def _require_body(raw: bytes) -> None:
-    if not raw:
-        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
-
-
-def _body_errors(e: ValidationError) -> RequestValidationError:
-    """pydantic's errors in FastAPI's shape: `loc` starts with "body"."""
-    return RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()])
-
-
-def _parse_json_body(raw: bytes, model: type[ItemBatchIn]) -> ItemBatchIn:
-    """What FastAPI does with a JSON body (same errors), for a route that also takes other types."""
-    _require_body(raw)
-    try:
-        # Parsed and validated in one pass by pydantic-core, no Python float objects in between: a
-        # 1,000 x 384 batch (4.2 MB) in 18-26 ms against 29-58 ms for orjson + model_validate and
-        # ~40-50 ms for the stdlib json + model_validate, all of it on the worker's event loop.
-        # NaN / Infinity parse, and the model refuses them with their index as before.
-        return model.model_validate_json(raw)
-    except ValidationError as e:
-        if not any(err["type"] == "json_invalid" for err in e.errors()):
-            raise _body_errors(e) from e
-    # Not JSON to pydantic's parser: the stdlib's parse, for FastAPI's error (with the position) or
-    # for what only it reads (UTF-16/32 text).
-    try:
-        return model.model_validate(_stdlib_json(raw))
-    except ValidationError as e:
-        raise _body_errors(e) from e
-
-
-def _stdlib_json(raw: bytes) -> Any:
-    """The stdlib's parse, like FastAPI's: it reads UTF-16/32 text, and its errors carry the position."""
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", e.pos), "msg": "JSON decode error",
-                                       "input": {}, "ctx": {"error": e.msg}}]) from e  # fmt: skip
-    except RecursionError as e:  # nesting deeper than the interpreter's stack
-        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON nested too deeply",
-                                       "input": {}, "ctx": {"error": "nested too deeply"}}]) from e  # fmt: skip
-    except ValueError as e:  # not UTF-8 (or -16/-32) text
-        raise HTTPException(400, "There was an error parsing the body") from e
-
-
-def _parse_features_body(raw: bytes) -> FeaturesIn:
-    """The features body, parsed and validated in one pass by pydantic's JSON parser (no stdlib
-    json, no FastAPI body machinery: ~25 us less per call, measured in-process)."""
-    _require_body(raw)
-    try:
-        return FeaturesIn.model_validate_json(raw)
-    except ValidationError as e:
-        raise _body_errors(e) from e
 
 
 def _features_openapi() -> dict[str, Any]:
@@ -388,7 +311,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         item answers `unchanged`; new content for a stored item replaces its SID (`updated`).
 
         With several model versions loaded, the item is stored under each (`other_versions`)."""
-        x = _embeddings([item], serving.model.input_dim, batch=False)
+        x = bodies.embeddings_array([item], serving.model.input_dim, batch=False)
         [answer] = await _upsert(registry, state.metrics, [item.item_id], x)
         return Response(orjson.dumps(answer), media_type="application/json")
 
@@ -424,8 +347,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except codec.BodyError as e:
                 raise RequestValidationError(e.errors) from e
         elif media == "application/json" or media.endswith("+json"):
-            batch = _parse_json_body(raw, ItemBatchIn)
-            ids, x = [item.item_id for item in batch.items], _embeddings(batch.items, dim, batch=True)
+            ids, x = await state.json_parser.parse(raw, dim)
         else:
             raise HTTPException(415, f"Content-Type must be application/json or {codec.EMBEDDINGS_MEDIA_TYPE}")
         items = await _upsert(registry, state.metrics, ids, x)
@@ -466,7 +388,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Answers aligned with the request order; duplicates are answered at each position. Unknown
         items are not an error: `known` is false, `sids` null and `rows` all 0 (the reserved row).
         `version` picks a loaded model version (default: the active one)."""
-        body = _parse_features_body(await request.body())
+        body = bodies.parse_features(await request.body())
         serving = _resolve(state.ready_registry(), body.version, ("body", "version"))
         ids = body.candidates + body.history
         found = await serving.lookup.fetch(ids)
@@ -485,7 +407,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         difference between /v1/features and this endpoint is the cost of the lookup itself
         (`python -m loadtest bench`). Harmless in production: it reads nothing and writes nothing."""
         state.ready_registry().resolve(None)  # 503 while no model is served, like features
-        body = _parse_features_body(await request.body())
+        body = bodies.parse_features(await request.body())
         return Response(orjson.dumps({"ids": len(body.candidates) + len(body.history)}), media_type="application/json")
 
     app.include_router(hot)

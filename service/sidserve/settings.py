@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, SecretStr, field_validator
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .features import Parameterization
@@ -162,6 +162,23 @@ class Settings(BaseSettings):
     )
     max_body_bytes: PositiveInt = Field(
         default=32 * 1024 * 1024, description="Larger request bodies are refused with 413."
+    )
+    ingest_nice: int = Field(
+        default=10, ge=0, le=19,
+        description="Linux niceness of ingest work: the JSON parse helpers and the threads that encode "
+        "batches. Ingest is throughput work and features are latency work: where they share cores, ingest "
+        "yields the CPU (at 10, about a tenth of a worker's share while both want it); 0 = equal priority.",
+    )
+    json_parse_processes: NonNegativeInt = Field(
+        default=1,
+        description="Helper processes per worker that parse large JSON batch bodies off the event loop "
+        "(sidserve.bodies; ~85 MB each); 0 parses them on the worker's loop, which then serves nothing else "
+        "for ~20 ms per 1,000 items.",
+    )
+    json_parse_offload_min_bytes: NonNegativeInt = Field(
+        default=256 * 1024,
+        description="JSON batch bodies from this size on go to a helper; smaller ones (~60 items at D = 384) "
+        "are parsed in-line, where the hand-over would cost more than the parse.",
     )
     log_level: LogLevel = Field(default="info", description="Log level of the service and uvicorn.")
 

@@ -32,8 +32,10 @@ import json
 import logging
 import os
 import socket
+import sys
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -42,7 +44,6 @@ import numpy as np
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
-from starlette.concurrency import run_in_threadpool
 
 from . import storage
 from .features import FeatureConfig
@@ -191,6 +192,12 @@ def _stalled(record: dict[str, Any]) -> bool:
     return (datetime.now(UTC) - updated).total_seconds() > STALLED_RETIREMENT_S
 
 
+def _lower_priority(nice: int) -> None:
+    """Raise the calling thread's niceness (Linux only: elsewhere it would be the whole process's)."""
+    if nice and sys.platform == "linux":
+        os.nice(nice)
+
+
 class ModelRegistry:
     """The loaded versions of one process, its active version, and its retirements."""
 
@@ -224,6 +231,9 @@ class ModelRegistry:
             if servings and settings.cache_ttl_s > 0 and settings.cache_max_age_s > 0 else None
         )  # fmt: skip
         self._following: asyncio.Task[None] | None = None
+        # Batches are encoded off the event loop, one at a time, on a thread at niceness ingest_nice
+        # (Linux niceness is per thread): ingest yields the CPU to the features path where they share cores.
+        self._encoder = ThreadPoolExecutor(1, "sidserve-encode", _lower_priority, (settings.ingest_nice,))
         for s in servings:
             metrics.model_info.labels(s.version, str(s.model.levels), str(s.model.codebook_size)).set(1)
         self._set_active(self._active)
@@ -256,6 +266,7 @@ class ModelRegistry:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._encoder.shutdown(wait=False, cancel_futures=True)
 
     async def _stopping(self, delay: float) -> bool:
         """Wait `delay` seconds; True once stop() was called. The loops check this rather than rely
@@ -372,9 +383,12 @@ class ModelRegistry:
         def encode() -> list[np.ndarray]:
             return [serving.model.encode(x) for serving in servings]
 
-        # CPU-bound: a batch is encoded in the threadpool so the event loop keeps serving reads;
+        # CPU-bound: a batch is encoded on the encoder thread so the event loop keeps serving reads;
         # a few items (~0.07 ms each) cost less than the hand-off to a thread, so they run inline.
-        codes = encode() if len(x) * len(servings) <= INLINE_ENCODE_MAX_ITEMS else await run_in_threadpool(encode)
+        if len(x) * len(servings) <= INLINE_ENCODE_MAX_ITEMS:
+            codes = encode()
+        else:
+            codes = await asyncio.get_running_loop().run_in_executor(self._encoder, encode)
         results = await asyncio.gather(
             *(self._write_version(s, item_ids, c) for s, c in zip(servings, codes, strict=True)),
             return_exceptions=True,
