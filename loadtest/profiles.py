@@ -14,7 +14,8 @@ class Scenario:
     candidates: int = 200
     history: int = 100
     batch: int = 100  # items per upload_batch request
-    fetch_share: float = 0.95  # mix: share of fetches (the rest are single uploads)
+    fetch_share: float = 0.95  # mix: share of fetches (the rest are uploads)
+    mix_upload: str = "upload_single"  # mix: upload_single | upload_batch (of `batch` items, JSON body)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ SMOKE = Profile(
         Scenario("upload_single", "upload_single", 20),
         Scenario("upload_batch_100", "upload_batch", 2, batch=100),
         Scenario("mix_zipf", "mix", 100),
+        Scenario("mix_batch_zipf", "mix", 100, batch=100, fetch_share=0.98, mix_upload="upload_batch"),
     ),
 )  # fmt: skip
 
@@ -64,6 +66,8 @@ FULL = Profile(
         Scenario("upload_single", "upload_single", 200),
         Scenario("upload_batch_1000", "upload_batch", 10, batch=1000),
         Scenario("mix_zipf", "mix", 500),
+        # JSON batches of 1,000 items (2.5 a second) reaching the workers that serve the fetches
+        Scenario("mix_batch_zipf", "mix", 500, batch=1000, fetch_share=0.995, mix_upload="upload_batch"),
     ),
 )  # fmt: skip
 

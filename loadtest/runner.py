@@ -44,22 +44,21 @@ def build_kinds(sc: Scenario, host: str, n_requests: int, n_items: int, src: cor
             items_per_request=sc.candidates + sc.history,
         )
 
-    frags = None
-    if sc.kind in ("upload_single", "upload_batch", "mix"):
+    def upload_kind(kind: str) -> driver.RequestKind:
         frags = workload.embedding_fragments(src.rows(0, 1000, salt=seed + 1))
+        if kind == "upload_single":
+            return driver.RequestKind("upload_single", workload.upload_single_maker(host, frags, f"{run_tag}-{sc.name}-"),
+                                      check=workload.upload_check(1))
+        return driver.RequestKind(f"upload_batch_{sc.batch}",
+                                  workload.upload_batch_maker(host, frags, f"{run_tag}-{sc.name}-", sc.batch),
+                                  check=workload.upload_check(sc.batch), items_per_request=sc.batch)
+
     if sc.kind == "fetch":
         kinds = [fetch_kind()]
-    elif sc.kind == "upload_single":
-        kinds = [driver.RequestKind("upload_single", workload.upload_single_maker(host, frags, f"{run_tag}-{sc.name}-"),
-                                    check=workload.upload_check(1))]
-    elif sc.kind == "upload_batch":
-        kinds = [driver.RequestKind(f"upload_batch_{sc.batch}",
-                                    workload.upload_batch_maker(host, frags, f"{run_tag}-{sc.name}-", sc.batch),
-                                    check=workload.upload_check(sc.batch), items_per_request=sc.batch)]
+    elif sc.kind in ("upload_single", "upload_batch"):
+        kinds = [upload_kind(sc.kind)]
     elif sc.kind == "mix":
-        kinds = [fetch_kind(),
-                 driver.RequestKind("upload_single", workload.upload_single_maker(host, frags, f"{run_tag}-{sc.name}-"),
-                                    check=workload.upload_check(1))]
+        kinds = [fetch_kind(), upload_kind(sc.mix_upload)]
         choice = (rng.random(n_requests) >= sc.fetch_share).astype(np.int64)
     else:
         raise ValueError(f"unknown scenario kind {sc.kind!r}")

@@ -35,7 +35,7 @@ def test_smoke_profile_passes(sid_bundle: Path, tmp_path: Path) -> None:
     assert report["passed"] is True
     names = [s["scenario"] for s in report["scenarios"]]
     assert names == ["fetch_300_zipf", "fetch_300_uniform", "fetch_1_zipf", "fetch_1000_zipf",
-                     "upload_single", "upload_batch_100", "mix_zipf"]  # fmt: skip
+                     "upload_single", "upload_batch_100", "mix_zipf", "mix_batch_zipf"]  # fmt: skip
     assert report["corpus"]["items"] == 20_000
     assert 5 < report["corpus"]["redis_bytes_per_item"] < 1000
     for s in report["scenarios"]:
@@ -51,3 +51,6 @@ def test_smoke_profile_passes(sid_bundle: Path, tmp_path: Path) -> None:
             assert s["server_side"]["p50_ms"] > 0
     batch = next(s for s in report["scenarios"] if s["kind"] == "upload_batch")
     assert batch["items_per_s"] == pytest.approx(100 * batch["achieved_rps"], rel=0.01)
+    mixed = next(s for s in report["scenarios"] if s["scenario"] == "mix_batch_zipf")
+    assert set(mixed["per_kind"]) == {"fetch_300", "upload_batch_100"}
+    assert mixed["per_kind"]["upload_batch_100"]["ok"] > 0
