@@ -94,6 +94,9 @@ def embedding_fragments(x: np.ndarray) -> list[bytes]:
     return [orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) for row in np.ascontiguousarray(x)]
 
 
+ID_DIGITS = 12  # batch uploads' item numbers, zero-padded: every request of a kind has one length
+
+
 def upload_single_maker(host: str, frags: list[bytes], id_prefix: str) -> Callable[[int], bytes]:
     pre = b'{"item_id":"' + id_prefix.encode()
 
@@ -105,13 +108,24 @@ def upload_single_maker(host: str, frags: list[bytes], id_prefix: str) -> Callab
 
 
 def upload_batch_maker(host: str, frags: list[bytes], id_prefix: str, batch: int) -> Callable[[int], bytes]:
+    """Batch i holds items i * batch ... i * batch + batch - 1 (IDs zero-padded to ID_DIGITS), item j
+    with embedding frags[j]. Each request is a copy of one pre-built request with its ID digits
+    overwritten: ~1 ms at 1,000 items and D = 384 (4.2 MB) instead of ~5 ms to join 2,000 parts,
+    during which the generator sent the next requests late."""
     pre = b'{"item_id":"' + id_prefix.encode()
+    items = [pre + b"0" * ID_DIGITS + b'","embedding":' + frags[j % len(frags)] + b"}" for j in range(batch)]
+    template = encode_request("POST", "/v1/items/batch", host, b'{"items":[' + b",".join(items) + b"]}")
+    start = len(template) - len(b"]}") - sum(map(len, items)) - (batch - 1)  # where items[0] begins
+    digits = []  # each item's ID digits: [at, at + ID_DIGITS)
+    for item in items:
+        digits.append(start + len(pre))
+        start += len(item) + 1
 
     def make(i: int) -> bytes:
-        base = i * batch
-        items = [pre + str(base + j).encode() + b'","embedding":' + frags[(base + j) % len(frags)] + b"}"
-                 for j in range(batch)]
-        return encode_request("POST", "/v1/items/batch", host, b'{"items":[' + b",".join(items) + b"]}")
+        request = bytearray(template)
+        for j, at in enumerate(digits):
+            request[at : at + ID_DIGITS] = b"%0*d" % (ID_DIGITS, i * batch + j)
+        return bytes(request)
 
     return make
 

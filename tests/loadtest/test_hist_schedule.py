@@ -7,6 +7,7 @@ import asyncio
 import math
 
 import numpy as np
+import orjson
 import pytest
 
 pytest.importorskip("hdrh")
@@ -176,3 +177,14 @@ def test_chunked_response_is_parsed():
     buf = bytearray(b"4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\nNEXT")
     body, used = rawhttp._dechunk(buf, 0)
     assert body == b"abcdefg" and buf[used:] == b"NEXT"
+
+
+def test_batch_requests_carry_their_own_ids() -> None:
+    frags = workload.embedding_fragments(np.arange(12, dtype=np.float32).reshape(4, 3))
+    make = workload.upload_batch_maker("h", frags, "run-", 3)
+    for i in (0, 1, 41):
+        head, body = make(i).split(b"\r\n\r\n", 1)
+        assert f"Content-Length: {len(body)}\r\n".encode() in head + b"\r\n"
+        items = orjson.loads(body)["items"]
+        assert [it["item_id"] for it in items] == [f"run-{n:012d}" for n in range(3 * i, 3 * i + 3)]
+        assert [it["embedding"] for it in items] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
