@@ -231,9 +231,11 @@ class ModelRegistry:
             if servings and settings.cache_ttl_s > 0 and settings.cache_max_age_s > 0 else None
         )  # fmt: skip
         self._following: asyncio.Task[None] | None = None
-        # Batches are encoded off the event loop, one at a time, on a thread at niceness ingest_nice
-        # (Linux niceness is per thread): ingest yields the CPU to the features path where they share cores.
-        self._encoder = ThreadPoolExecutor(1, "sidserve-encode", _lower_priority, (settings.ingest_nice,))
+        # Batches are encoded off the event loop on threads at niceness ingest_nice (Linux niceness
+        # is per thread): ingest yields the CPU to the features path where they share cores. As many
+        # threads as cores: with one, concurrent batches waited for each other (binary ingest, 2
+        # workers: 22,467-24,213 items/s against 26,023-29,859 with four).
+        self._encoder = ThreadPoolExecutor(os.cpu_count(), "sidserve-encode", _lower_priority, (settings.ingest_nice,))
         for s in servings:
             metrics.model_info.labels(s.version, str(s.model.levels), str(s.model.codebook_size)).set(1)
         self._set_active(self._active)
