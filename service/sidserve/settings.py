@@ -173,7 +173,7 @@ class Settings(BaseSettings):
         default=1,
         description="Helper processes per worker that parse large JSON batch bodies off the event loop "
         "(sidserve.bodies; ~85 MB each); 0 parses them on the worker's loop, which then serves nothing else "
-        "for ~20 ms per 1,000 items.",
+        "for ~25 ms per 1,000 items.",
     )
     json_parse_offload_min_bytes: NonNegativeInt = Field(
         default=256 * 1024,

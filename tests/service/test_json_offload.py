@@ -1,5 +1,6 @@
 """JSON batch bodies parsed in a helper process (sidserve.bodies.JsonBatchParser) answer exactly as
-when parsed on the event loop: same items, same errors; a helper that dies is replaced."""
+when parsed on the event loop: same items, same errors; a helper that dies is replaced; ingest
+work runs at SIDSERVE_INGEST_NICE."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -21,6 +23,7 @@ from service_fixtures import AUTH, LiveService, serve, service_settings
 
 from sidserve.bodies import JsonBatchParser
 from sidserve.schemas import MAX_BATCH_ITEMS
+from sidserve.versions import _lower_priority
 
 JSON = {"content-type": "application/json"}
 
@@ -137,3 +140,21 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="niceness is per thread on Linux only")
+def test_ingest_runs_at_lower_priority(offloading: LiveService, sid_bundle_data: tuple[np.ndarray, list[str]]) -> None:
+    """The helpers and the batch encoder threads run at SIDSERVE_INGEST_NICE; the worker's own
+    threads (the event loop's) keep theirs."""
+    x, _ = sid_bundle_data
+    body = json.dumps({"items": [{"item_id": "nice", "embedding": x[0].tolist()}]}).encode()
+    with httpx.Client(base_url=offloading.url, headers=AUTH, timeout=30) as http:  # the helper has started
+        assert http.post("/v1/items/batch", content=body, headers=JSON).status_code == 200
+    base = os.getpriority(os.PRIO_PROCESS, 0)  # niceness adds up: the tests may run niced already
+    lowered = min(19, base + offloading.settings.ingest_nice)
+    assert offloading.settings.ingest_nice == 10
+    for pid in _parser(offloading).helper_pids:
+        assert os.getpriority(os.PRIO_PROCESS, pid) == lowered
+    with ThreadPoolExecutor(1, initializer=_lower_priority, initargs=(10,)) as encoder:
+        assert encoder.submit(os.getpriority, os.PRIO_PROCESS, 0).result() == lowered
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base
