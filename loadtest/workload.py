@@ -114,12 +114,13 @@ def upload_batch_maker(host: str, frags: list[bytes], id_prefix: str, batch: int
     during which the generator sent the next requests late."""
     pre = b'{"item_id":"' + id_prefix.encode()
     items = [pre + b"0" * ID_DIGITS + b'","embedding":' + frags[j % len(frags)] + b"}" for j in range(batch)]
-    template = encode_request("POST", "/v1/items/batch", host, b'{"items":[' + b",".join(items) + b"]}")
-    start = len(template) - len(b"]}") - sum(map(len, items)) - (batch - 1)  # where items[0] begins
-    digits = []  # each item's ID digits: [at, at + ID_DIGITS)
+    body = b'{"items":[' + b",".join(items) + b"]}"
+    template = encode_request("POST", "/v1/items/batch", host, body)
+    at = len(template) - len(body) + len(b'{"items":[') + len(pre)  # the first item's ID digits
+    digits = []  # where each item's ID digits start
     for item in items:
-        digits.append(start + len(pre))
-        start += len(item) + 1
+        digits.append(at)
+        at += len(item) + 1  # the item and its comma
 
     def make(i: int) -> bytes:
         request = bytearray(template)

@@ -114,10 +114,10 @@ def _stdlib_json(raw: bytes) -> Any:
         raise HTTPException(400, "There was an error parsing the body") from e
 
 
-Outcome = tuple[str, Any]  # ("ok", (IDs, embeddings)) | ("invalid", errors) | ("http", (status, detail))
+_Outcome = tuple[str, Any]  # ("ok", (IDs, embeddings)) | ("invalid", errors) | ("http", (status, detail))
 
 
-def _parse_in_helper(raw: bytes, dim: int) -> Outcome:
+def _parse_in_helper(raw: bytes, dim: int) -> _Outcome:
     """parse_json_batch in the helper process, its errors as data: FastAPI's exceptions do not pickle."""
     try:
         return "ok", parse_json_batch(raw, dim)

@@ -78,7 +78,6 @@ class FeatureLookup:
         self.layout = AnswerLayout(
             features.levels, features.codebook_size, features.num_tokens, features.table_size, store.collision_index
         )
-        self._unknown = self.layout.unknown
         self._entries: dict[str, Answer] = {}
         self._batches: deque[tuple[float, tuple[str, ...]]] = deque()  # (answered at, IDs inserted), oldest first
         self._writes = 0  # bumped by forget(): a fetch that overlapped a write caches nothing
@@ -91,7 +90,8 @@ class FeatureLookup:
         """Each ID's answer, in request order (a repeated ID is answered at each position)."""
         if self.ttl_s <= 0:
             answers = await self._read(item_ids)
-            return Lookup([a if a is not None else self._unknown for a in answers], answers.count(None))
+            unknown_answer = self.layout.unknown
+            return Lookup([a if a is not None else unknown_answer for a in answers], answers.count(None))
         self._expire(self._clock())
         cache = self._entries
         answers: list[Answer | None] = list(map(cache.get, item_ids))
@@ -104,7 +104,7 @@ class FeatureLookup:
             inserted = []
             for i, answer in zip(missing, read):
                 if answer is None:
-                    answers[i] = self._unknown
+                    answers[i] = self.layout.unknown
                     unknown += 1
                     continue
                 answers[i] = answer

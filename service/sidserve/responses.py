@@ -94,7 +94,7 @@ class FeaturesEncoder:
 
     def __init__(self, model_version: str, feature_config: dict[str, Any], layout: AnswerLayout) -> None:
         self._head = orjson.dumps({"model_version": model_version, "feature_config": feature_config})[:-1]
-        self._layout = layout
+        self._width = layout.width
         self._columns = tuple(zip(_OPENINGS, layout.spans))
 
     def encode(self, answers: list[Answer], n_candidates: int) -> bytes:
@@ -107,7 +107,7 @@ class FeaturesEncoder:
         return b"".join(parts)
 
     def _block(self, parts: list[bytes], answers: list[Answer]) -> None:
-        table = np.frombuffer(b"".join(answers), dtype=np.uint8).reshape(len(answers), self._layout.width)
+        table = np.frombuffer(b"".join(answers), dtype=np.uint8).reshape(len(answers), self._width)
         for opening, (start, stop) in self._columns:
             parts.append(opening)
             parts.append(table[:, start:stop].tobytes()[:-1])  # without the last item's comma
