@@ -33,6 +33,30 @@ def _wait(check, what: str, timeout_s: float, proc: subprocess.Popen | None = No
     raise RuntimeError(f"{what} not ready after {timeout_s} s (last error: {last!r})")
 
 
+def process_tree_cpu_s(root_pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by a process and its living descendants (for the
+    service: uvicorn's supervisor, its workers and their JSON parse helpers), read from /proc.
+    None where there is no /proc (not Linux)."""
+    proc = Path("/proc")
+    if not (proc / str(root_pid) / "stat").exists():
+        return None
+    parent_of, ticks = {}, {}
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
+        except OSError:  # exited while we looked
+            continue
+        pid = int(stat.parent.name)
+        parent_of[pid] = int(fields[1])
+        ticks[pid] = int(fields[11]) + int(fields[12])  # utime + stime
+    tree, frontier = {root_pid}, [root_pid]
+    while frontier:
+        children = [pid for pid, parent in parent_of.items() if parent in frontier and pid not in tree]
+        tree.update(children)
+        frontier = children
+    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+
+
 class RedisServer(RedisProcess):
     """`redis-server` on a free port, no persistence, stopped (and its files removed) on exit."""
 
@@ -46,6 +70,11 @@ class RedisServer(RedisProcess):
 
     def used_memory(self) -> int:
         return int(self.client.info("memory")["used_memory"])
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) Redis has used since it started (INFO cpu)."""
+        info = self.client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
     def stop(self) -> None:
         try:
@@ -93,6 +122,10 @@ class Service:
                                      start_new_session=True)
         _wait(lambda: self.get("/readyz")[0] == 200, "sidserve", ready_timeout_s, self.proc, self.log)
         self.ready_s = time.monotonic() - t0
+
+    def cpu_s(self) -> float | None:
+        """CPU seconds used so far by the service's processes (None where /proc is missing)."""
+        return process_tree_cpu_s(self.proc.pid)
 
     @property
     def target(self):

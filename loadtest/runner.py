@@ -104,9 +104,23 @@ def summarize(sc: Scenario, res: driver.DriveResult, late_ms: float, server: dic
                       "cpu_share_of_one_core": round(res.gen_cpu_s / max(res.elapsed_s, 1e-9), 3),
                       "connections_opened": res.connections,
                       "max_waiting_for_connection": res.max_waiting_for_connection},
+        "cpu": cpu_use(*getattr(res, "cpu_used_s", (None, None)), ok=tot.ok, elapsed_s=res.elapsed_s),
     }
     if per_kind:
         out["per_kind"] = per_kind
+    return out
+
+
+def cpu_use(service_s: float | None, redis_s: float | None, ok: int, elapsed_s: float) -> dict:
+    """CPU per successful request and cores busy on average, of the service's processes and of Redis,
+    over the measured phase. Unlike latency, CPU per request hardly moves with the machine's noise
+    (queueing, a descheduled worker), so it compares two versions of the code more steadily; it
+    also sizes a deployment (requests/s per core)."""
+    out: dict = {}
+    for name, used in (("service", service_s), ("redis", redis_s)):
+        if used is not None and ok and elapsed_s > 0:
+            out[f"{name}_us_per_request"] = round(used / ok * 1e6, 1)
+            out[f"{name}_cores"] = round(used / elapsed_s, 3)
     return out
 
 
@@ -121,7 +135,8 @@ def scrape(svc: procs.Service) -> str | None:
 
 def drive_scenario(svc: procs.Service, sc: Scenario, profile: Profile, n_items: int,
                    src: corpus.EmbeddingSource, seed: int, run_tag: str, client: str = "raw",
-                   duration_s: float | None = None, warmup_s: float | None = None) -> dict:
+                   duration_s: float | None = None, warmup_s: float | None = None,
+                   redis_srv: procs.RedisServer | None = None) -> dict:
     duration_s = profile.duration_s if duration_s is None else duration_s
     warmup_s = profile.warmup_s if warmup_s is None else warmup_s
     offsets = schedule.constant_offsets(sc.rate, duration_s)
@@ -139,9 +154,12 @@ def drive_scenario(svc: procs.Service, sc: Scenario, profile: Profile, n_items: 
             if warm is not None:  # same rate, same kinds, results dropped
                 await driver.drive(pool, warm, kinds, choice[len(offsets):], late_s, rate=sc.rate)
             before = scrape(svc)
+            cpu_before = svc.cpu_s(), redis_srv.cpu_s() if redis_srv else None
             res = await driver.drive(pool, offsets, kinds, choice[: len(offsets)], late_s, rate=sc.rate,
                                      first_index=len(warm) if warm is not None else 0)
+            cpu_after = svc.cpu_s(), redis_srv.cpu_s() if redis_srv else None
             after = scrape(svc)
+            res.cpu_used_s = [b - a if a is not None and b is not None else None for a, b in zip(cpu_before, cpu_after)]
             res.server = {k.name: promparse.delta_summary(before, after, _kind_endpoint(k.name))
                           if before is not None and after is not None else None for k in kinds}
             res.cache_hit_rate = promparse.cache_hit_rate(before, after) if before and after else None
@@ -184,7 +202,8 @@ def run(profile: Profile, bundle: Path | None, out: Path | None, budgets_file: P
             log(f"[loadtest] sidserve ready in {svc.ready_s:.2f} s ({profile.workers} workers, port {svc.port})")
             run_tag = f"lt{int(time.time())}"
             for i, sc in enumerate(scenarios):
-                r = drive_scenario(svc, sc, profile, len(codes), src, seed=1000 + i, run_tag=run_tag, client=client)
+                r = drive_scenario(svc, sc, profile, len(codes), src, seed=1000 + i, run_tag=run_tag, client=client,
+                                   redis_srv=redis_srv)
                 r["budget"] = budgets_mod.for_scenario(budgets, profile.name, sc.name)
                 r["budget_misses"] = budgets_mod.check(r, r["budget"])
                 results.append(r)
@@ -234,7 +253,7 @@ def _json_default(o):
 
 
 HEADER = (f"{'scenario':<24} {'rate':>6} {'ok/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>8} "
-          f"{'srv p50':>7} {'srv p99':>7} {'err':>5} {'late':>5} {'stall':>5} {'gen us':>6}  budget")
+          f"{'srv p50':>7} {'srv p99':>7} {'err':>5} {'late':>5} {'stall':>5} {'cpu us':>6} {'gen us':>6}  budget")
 
 
 def row(r: dict) -> str:
@@ -245,11 +264,13 @@ def row(r: dict) -> str:
     return (f"{r['scenario']:<24} {r['rate_rps']:>6g} {r['achieved_rps']:>8.1f} {f(lat['p50_ms'])} {f(lat['p90_ms'])} "
             f"{f(lat['p99_ms'])} {f(lat['p999_ms'])} {lat['max_ms']:>8.2f} {f(srv.get('p50_ms'))} "
             f"{f(srv.get('p99_ms'))} {sum(r['errors'].values()):>5} {r['late_sends']:>5} {stalls:>5} "
+            f"{r['cpu'].get('service_us_per_request', float('nan')):>6.0f} "
             f"{r['generator']['cpu_us_per_request']:>6.0f}  {status}")
 
 
 def table(results: list[dict]) -> str:
     return ("latency in ms from each request's intended send time (client-observed, open model); "
             "srv = server-side handler time (Prometheus buckets, interpolated); stall = rounds in which a "
-            "service worker's event loop woke > 10 ms late (sidserve_event_loop_lag_seconds)\n"
+            "service worker's event loop woke > 10 ms late (sidserve_event_loop_lag_seconds); cpu us = the "
+            "service's CPU per request; gen us = the generator's\n"
             + HEADER + "\n" + "\n".join(row(r) for r in results))

@@ -46,6 +46,9 @@ def test_smoke_profile_passes(sid_bundle: Path, tmp_path: Path) -> None:
         assert lat["count"] == s["ok"]
         assert s["achieved_rps"] > 0.5 * s["rate_rps"]
         assert s["service_time"]["p50_ms"] <= lat["p50_ms"] + 1e-9  # service time <= time since intended
+        if Path("/proc/self/stat").exists():  # CPU per request: the service's from /proc, Redis's from INFO
+            assert 0 < s["cpu"]["service_us_per_request"] < 1e6 and s["cpu"]["service_cores"] > 0, s["cpu"]
+        assert s["cpu"]["redis_us_per_request"] > 0, s["cpu"]
         if s["kind"] != "mix":  # the server's histogram saw every measured request
             assert s["server_side"]["count"] == s["ok"], s["server_side"]
             assert s["server_side"]["p50_ms"] > 0
