@@ -13,13 +13,13 @@ import gc
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -66,6 +66,7 @@ from .versions import (
 )
 
 log = logging.getLogger("sidserve")
+DirectEndpoint = Callable[[Request], Awaitable[Response]]  # a DirectRoute's endpoint
 
 
 class ServiceState:
@@ -301,6 +302,47 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"detail": exc.detail}, status_code=503, headers={"Retry-After": str(settings.retry_after_s)}
         )
 
+    # The hot read path, declared first so that routing finds it first: DirectRoute calls these
+    # endpoints without FastAPI's dependency solving. Added to the app's own router, not through an
+    # included APIRouter, which FastAPI matches as a nested router (a second match per request).
+    def hot_post(path: str, **options: Any) -> Callable[[DirectEndpoint], DirectEndpoint]:
+        def register(endpoint: DirectEndpoint) -> DirectEndpoint:
+            app.router.add_api_route(path, endpoint, methods=["POST"], route_class_override=DirectRoute, **options)
+            return endpoint
+
+        return register
+
+    @hot_post(
+        "/v1/features", response_model=FeaturesOut, tags=["features"],
+        responses={413: _E413, 422: _E422, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
+        openapi_extra=_features_openapi(), summary="SIDs and embedding-table rows of candidates and history, in one call",
+    )  # fmt: skip
+    async def features(request: Request) -> Response:
+        """Answers aligned with the request order; duplicates are answered at each position. Unknown
+        items are not an error: `known` is false, `sids` null and `rows` all 0 (the reserved row).
+        `version` picks a loaded model version (default: the active one)."""
+        body = bodies.parse_features(await request.body())
+        serving = _resolve(state.ready_registry(), body.version, ("body", "version"))
+        ids = body.candidates + body.history
+        found = await serving.lookup.fetch(ids)
+        state.metrics.ids_known.inc(len(ids) - found.unknown)
+        state.metrics.ids_unknown.inc(found.unknown)
+        return Response(serving.encoder.encode(found.answers, len(body.candidates)), media_type="application/json")
+
+    @hot_post(
+        "/v1/_noop", response_model=NoopOut, tags=["benchmark"],
+        responses={413: _E413, 422: _E422, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
+        openapi_extra=_features_openapi(), summary="Benchmark aid: the features request without Redis or features (HTTP + framework floor)",
+    )  # fmt: skip
+    async def noop(request: Request) -> Response:
+        """Takes the features endpoint's body through the same route class, guard, body limit,
+        parsing and validation, then answers a constant-size JSON without touching Redis. The
+        difference between /v1/features and this endpoint is the cost of the lookup itself
+        (`python -m loadtest bench`). Harmless in production: it reads nothing and writes nothing."""
+        state.ready_registry().resolve(None)  # 503 while no model is served, like features
+        body = bodies.parse_features(await request.body())
+        return Response(orjson.dumps({"ids": len(body.candidates) + len(body.history)}), media_type="application/json")
+
     @app.post(
         "/v1/items", response_model=ItemOut, tags=["items"],
         responses={400: _E400, 413: _E413, 503: _E503, **writes["responses"]}, dependencies=writes["dependencies"],
@@ -375,42 +417,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             item_id=item_id, sid=orjson.loads(layout.value(answer, SID)), model_version=serving.model.version,
             collision_index=orjson.loads(layout.value(answer, INDEX)) if layout.indexed else None,
         )  # fmt: skip
-
-    # The hot read path: DirectRoute calls these endpoints without FastAPI's dependency solving.
-    hot = APIRouter(route_class=DirectRoute)
-
-    @hot.post(
-        "/v1/features", response_model=FeaturesOut, tags=["features"],
-        responses={413: _E413, 422: _E422, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
-        openapi_extra=_features_openapi(), summary="SIDs and embedding-table rows of candidates and history, in one call",
-    )  # fmt: skip
-    async def features(request: Request) -> Response:
-        """Answers aligned with the request order; duplicates are answered at each position. Unknown
-        items are not an error: `known` is false, `sids` null and `rows` all 0 (the reserved row).
-        `version` picks a loaded model version (default: the active one)."""
-        body = bodies.parse_features(await request.body())
-        serving = _resolve(state.ready_registry(), body.version, ("body", "version"))
-        ids = body.candidates + body.history
-        found = await serving.lookup.fetch(ids)
-        state.metrics.ids_known.inc(len(ids) - found.unknown)
-        state.metrics.ids_unknown.inc(found.unknown)
-        return Response(serving.encoder.encode(found.answers, len(body.candidates)), media_type="application/json")
-
-    @hot.post(
-        "/v1/_noop", response_model=NoopOut, tags=["benchmark"],
-        responses={413: _E413, 422: _E422, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
-        openapi_extra=_features_openapi(), summary="Benchmark aid: the features request without Redis or features (HTTP + framework floor)",
-    )  # fmt: skip
-    async def noop(request: Request) -> Response:
-        """Takes the features endpoint's body through the same route class, guard, body limit,
-        parsing and validation, then answers a constant-size JSON without touching Redis. The
-        difference between /v1/features and this endpoint is the cost of the lookup itself
-        (`python -m loadtest bench`). Harmless in production: it reads nothing and writes nothing."""
-        state.ready_registry().resolve(None)  # 503 while no model is served, like features
-        body = bodies.parse_features(await request.body())
-        return Response(orjson.dumps({"ids": len(body.candidates) + len(body.history)}), media_type="application/json")
-
-    app.include_router(hot)
 
     @app.get("/healthz", response_model=HealthOut, tags=["health"], summary="Liveness")
     async def healthz() -> HealthOut:
@@ -529,11 +535,15 @@ class _BodyLimit:
 class _Instrument:
     """Request count and latency per route template (not raw path: bounded label values).
 
-    Pure ASGI rather than BaseHTTPMiddleware, which adds a task and a stream per request.
+    Pure ASGI rather than BaseHTTPMiddleware, which adds a task and a stream per request. The
+    labelled series are looked up once per (route, method, status), not per request: prometheus-
+    client's labels() cost ~10 us a call, and there are few such triples (route templates, the
+    methods the HTTP parser accepts, statuses).
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # -> (latency, requests) children
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -550,10 +560,15 @@ class _Instrument:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            endpoint = getattr(route, "path", "unmatched")
-            self.metrics.latency.labels(endpoint, scope["method"]).observe(time.perf_counter() - start)
-            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            key = (getattr(scope.get("route"), "path", "unmatched"), scope["method"], status)
+            series = self._series.get(key)
+            if series is None:
+                endpoint, method, _ = key
+                series = self._series[key] = (
+                    self.metrics.latency.labels(endpoint, method), self.metrics.requests.labels(endpoint, method, str(status))
+                )  # fmt: skip
+            series[0].observe(time.perf_counter() - start)
+            series[1].inc()
 
 
 def __getattr__(name: str) -> Any:
