@@ -419,6 +419,7 @@ class CallConnections:
         self._make, self._timeout = make_connection, timeout
         self._idle: list[AbstractConnection] = []
         self._made: list[AbstractConnection] = []  # every connection, for aclose()
+        self._size = size
         self._free = asyncio.Semaphore(size)
 
     async def execute(self, command: tuple[Any, ...]) -> Any:
@@ -436,8 +437,13 @@ class CallConnections:
                 finally:
                     self._free.release()
         except TimeoutError as e:
-            waited_for = "reply" if got_connection else "free connection (all busy)"
-            raise RedisTimeoutError(f"Timeout: no {waited_for} within {self._timeout} s") from e
+            if got_connection:
+                raise RedisTimeoutError(f"Timeout: no reply within {self._timeout} s") from e
+            # Seen in load tests when the worker, not Redis, was saturated: its replies waited unread.
+            raise RedisTimeoutError(
+                f"Timeout: no free connection within {self._timeout} s (all {self._size} busy: this process "
+                "is overloaded, or Redis is slow)"
+            ) from e
 
     def _new(self) -> AbstractConnection:
         conn = self._make()
