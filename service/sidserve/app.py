@@ -302,20 +302,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"detail": exc.detail}, status_code=503, headers={"Retry-After": str(settings.retry_after_s)}
         )
 
-    # The hot read path, declared first so that routing finds it first: DirectRoute calls these
-    # endpoints without FastAPI's dependency solving. Added to the app's own router, not through an
-    # included APIRouter, which FastAPI matches as a nested router (a second match per request).
-    def hot_post(path: str, **options: Any) -> Callable[[DirectEndpoint], DirectEndpoint]:
+    # The hot read path: POST routes taking the features body, declared first so that routing finds
+    # them first. DirectRoute calls their endpoints without FastAPI's dependency solving. Added to
+    # the app's own router, not through an included APIRouter, which FastAPI matches as a nested
+    # router (a second match per request).
+    def features_body_route(path: str, **options: Any) -> Callable[[DirectEndpoint], DirectEndpoint]:
         def register(endpoint: DirectEndpoint) -> DirectEndpoint:
-            app.router.add_api_route(path, endpoint, methods=["POST"], route_class_override=DirectRoute, **options)
+            app.router.add_api_route(
+                path, endpoint, methods=["POST"], route_class_override=DirectRoute,
+                responses={413: _E413, 422: _E422, 503: _E503, **reads["responses"]},
+                dependencies=reads["dependencies"], openapi_extra=_features_openapi(), **options,
+            )  # fmt: skip
             return endpoint
 
         return register
 
-    @hot_post(
+    @features_body_route(
         "/v1/features", response_model=FeaturesOut, tags=["features"],
-        responses={413: _E413, 422: _E422, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
-        openapi_extra=_features_openapi(), summary="SIDs and embedding-table rows of candidates and history, in one call",
+        summary="SIDs and embedding-table rows of candidates and history, in one call",
     )  # fmt: skip
     async def features(request: Request) -> Response:
         """Answers aligned with the request order; duplicates are answered at each position. Unknown
@@ -329,10 +333,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.metrics.ids_unknown.inc(found.unknown)
         return Response(serving.encoder.encode(found.answers, len(body.candidates)), media_type="application/json")
 
-    @hot_post(
+    @features_body_route(
         "/v1/_noop", response_model=NoopOut, tags=["benchmark"],
-        responses={413: _E413, 422: _E422, 503: _E503, **reads["responses"]}, dependencies=reads["dependencies"],
-        openapi_extra=_features_openapi(), summary="Benchmark aid: the features request without Redis or features (HTTP + framework floor)",
+        summary="Benchmark aid: the features request without Redis or features (HTTP + framework floor)",
     )  # fmt: skip
     async def noop(request: Request) -> Response:
         """Takes the features endpoint's body through the same route class, guard, body limit,
