@@ -13,7 +13,7 @@ import gc
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -51,7 +51,7 @@ from .schemas import (
     ReadyOut,
     RetirementOut,
 )
-from .security import DirectRoute, Guard, GuardedRoute
+from .security import DirectRoute, Guard, GuardedRoute, RouteHandler
 from .settings import Settings
 from .storage import StorageUnavailable
 from .versions import (
@@ -66,7 +66,6 @@ from .versions import (
 )
 
 log = logging.getLogger("sidserve")
-DirectEndpoint = Callable[[Request], Awaitable[Response]]  # a DirectRoute's endpoint
 
 
 class ServiceState:
@@ -306,8 +305,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # them first. DirectRoute calls their endpoints without FastAPI's dependency solving. Added to
     # the app's own router, not through an included APIRouter, which FastAPI matches as a nested
     # router (a second match per request).
-    def features_body_route(path: str, **options: Any) -> Callable[[DirectEndpoint], DirectEndpoint]:
-        def register(endpoint: DirectEndpoint) -> DirectEndpoint:
+    def features_body_route(path: str, **options: Any) -> Callable[[RouteHandler], RouteHandler]:
+        def register(endpoint: RouteHandler) -> RouteHandler:
             app.router.add_api_route(
                 path, endpoint, methods=["POST"], route_class_override=DirectRoute,
                 responses={413: _E413, 422: _E422, 503: _E503, **reads["responses"]},

@@ -50,6 +50,7 @@ log = logging.getLogger("sidserve")
 MIN_KEY_LENGTH = 16
 KEYS_FILE_CHECK_S = 5.0  # how often the keys file's mtime is looked at
 MAX_BUCKETS = 100_000  # bound on remembered clients (anonymous callers are keyed by address)
+RouteHandler = Callable[[Request], Coroutine[Any, Any, Response]]  # also a DirectRoute's endpoint
 
 
 class SecurityConfigError(ValueError):
@@ -271,7 +272,7 @@ class GuardedRoute(APIRoute):
     The dependency still runs afterwards and returns at once (the request is marked checked).
     """
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    def get_route_handler(self) -> RouteHandler:
         handler = super().get_route_handler()
         guard_dep = self._guard_dependency()
         if guard_dep is None:
@@ -293,7 +294,7 @@ class DirectRoute(GuardedRoute):
     request, is refused at startup, so nothing declared can be silently skipped.
     """
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    def get_route_handler(self) -> RouteHandler:
         guard_dep = self._guard_dependency()
         declared = [d.call for d in self.dependant.dependencies]
         if guard_dep is None or declared != [guard_dep]:
@@ -303,7 +304,7 @@ class DirectRoute(GuardedRoute):
         return _guarded(guard_dep, self.endpoint)
 
 
-def _guarded(guard_dep: Callable[..., Any], handler: Callable[[Request], Coroutine[Any, Any, Response]]):
+def _guarded(guard_dep: Callable[..., Any], handler: RouteHandler):
     guard: Guard = guard_dep.guard  # type: ignore[attr-defined]
     protected: bool = guard_dep.protected  # type: ignore[attr-defined]
 
