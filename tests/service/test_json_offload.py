@@ -10,10 +10,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -23,7 +23,7 @@ from service_fixtures import AUTH, LiveService, serve, service_settings
 
 from sidserve.bodies import JsonBatchParser
 from sidserve.schemas import MAX_BATCH_ITEMS
-from sidserve.versions import _lower_priority
+from sidserve.versions import INLINE_ENCODE_MAX_ITEMS
 
 JSON = {"content-type": "application/json"}
 
@@ -147,14 +147,19 @@ def test_ingest_runs_at_lower_priority(offloading: LiveService, sid_bundle_data:
     """The helpers and the batch encoder threads run at SIDSERVE_INGEST_NICE; the worker's own
     threads (the event loop's) keep theirs."""
     x, _ = sid_bundle_data
-    body = json.dumps({"items": [{"item_id": "nice", "embedding": x[0].tolist()}]}).encode()
+    # More items than are encoded in-line: this batch goes to the encoder threads.
+    items = [{"item_id": f"nice-{n}", "embedding": x[n % len(x)].tolist()} for n in range(INLINE_ENCODE_MAX_ITEMS + 1)]
     with httpx.Client(base_url=offloading.url, headers=AUTH, timeout=30) as http:  # the helper has started
-        assert http.post("/v1/items/batch", content=body, headers=JSON).status_code == 200
+        assert http.post("/v1/items/batch", json={"items": items}).status_code == 200
     base = os.getpriority(os.PRIO_PROCESS, 0)  # niceness adds up: the tests may run niced already
     lowered = min(19, base + offloading.settings.ingest_nice)
     assert offloading.settings.ingest_nice == 10
     for pid in _parser(offloading).helper_pids:
         assert os.getpriority(os.PRIO_PROCESS, pid) == lowered
-    with ThreadPoolExecutor(1, initializer=_lower_priority, initargs=(10,)) as encoder:
-        assert encoder.submit(os.getpriority, os.PRIO_PROCESS, 0).result() == lowered
+    # The service runs in this process (a uvicorn thread): its encoder threads are ours to look at.
+    # Every service the tests start uses the default SIDSERVE_INGEST_NICE.
+    encoders = [t for t in threading.enumerate() if t.name.startswith("sidserve-encode")]
+    assert encoders, "the batch should have started an encoder thread"
+    for thread in encoders:
+        assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == lowered, thread.name
     assert os.getpriority(os.PRIO_PROCESS, 0) == base
