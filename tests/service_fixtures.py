@@ -56,9 +56,9 @@ def service_settings(bundle: Path, redis_url: str, **overrides: object) -> Setti
     # parse helper process (~0.4 s of CPU per service started): tests/service/test_json_offload.py has them.
     overrides.setdefault("api_keys", TEST_API_KEY)
     overrides.setdefault("json_parse_processes", 0)
-    return Settings(
-        bundle=bundle, redis_url=redis_url, redis_connect_timeout=0.25, redis_socket_timeout=0.5, **overrides
-    )
+    overrides.setdefault("redis_connect_timeout", 0.25)
+    overrides.setdefault("redis_socket_timeout", 0.5)
+    return Settings(bundle=bundle, redis_url=redis_url, **overrides)
 
 
 @pytest.fixture(scope="session")

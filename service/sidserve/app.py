@@ -165,7 +165,10 @@ _E415 = {"model": ErrorOut, "description": "Content-Type is neither JSON nor the
 _E422 = {"description": "Validation Error (the index of a bad item is in `loc`).",
          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}}
 _E413 = {"model": ErrorOut, "description": "Request body larger than the configured limit (SIDSERVE_MAX_BODY_BYTES)."}
-_E503 = _retry_after_header("Redis unreachable or no model loaded; retry after Retry-After seconds.")
+_E503 = _retry_after_header(
+    "Redis unreachable, no model loaded, or the route's requests in flight in this process at the limit "
+    "(SIDSERVE_MAX_IN_FLIGHT); retry after Retry-After seconds, or on another replica."
+)
 _E404 = {"model": ErrorOut, "description": "No SID stored for this item under the requested (or active) model version."}
 _E409 = {"model": ErrorOut, "description": "The version is the active one: activate another version first."}
 
@@ -250,7 +253,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     _configure_logging(settings.log_level)
     state = ServiceState(settings)
-    guard = Guard(settings)  # no key and no SIDSERVE_ALLOW_UNAUTHENTICATED: SecurityConfigError, no start
+    # No key and no SIDSERVE_ALLOW_UNAUTHENTICATED: SecurityConfigError, no start.
+    guard = Guard(settings, on_shed=lambda path: state.metrics.requests_shed.labels(path).inc())
     write_access, read_access = guard.dependencies()
     writes = {"dependencies": [Depends(write_access)], "responses": guard.responses(protected=True)}
     reads = {"dependencies": [Depends(read_access)], "responses": guard.responses(protected=settings.protect_reads)}

@@ -44,6 +44,12 @@ class Metrics:
             "served no request (long synchronous work, a GC pass, CPU starvation). Below ~2 ms: timer resolution.",
             buckets=LOOP_LAG_BUCKETS, registry=r,
         )  # fmt: skip
+        self.requests_shed = Counter(
+            "sidserve_requests_shed_total",
+            "Requests answered 503 at once because their route already had SIDSERVE_MAX_IN_FLIGHT requests "
+            "in flight in this process (load shedding; sidserve.admission).",
+            ["endpoint"], registry=r,
+        )  # fmt: skip
         self.redis_errors = Counter(
             "sidserve_redis_errors_total", "Redis calls that failed (unreachable, timeout, refused).",
             ["operation"], registry=r,

@@ -1,4 +1,5 @@
-"""API keys and per-key rate limits, as FastAPI dependencies (README "Security").
+"""API keys and per-key rate limits, as FastAPI dependencies (README "Security"), and the route
+classes that check them, and each route's in-flight bound (sidserve.admission), before a body is read.
 
 - Keys: `SIDSERVE_API_KEYS` (comma-separated) and/or `SIDSERVE_API_KEYS_FILE` (one per line, `#`
   comments and blank lines ignored; re-read when the file changes, so a mounted secret can be
@@ -21,7 +22,8 @@
   first 8 hex digits of its digest ("key 3f2a9c0d") where one must be named.
 
 `GuardedRoute` runs the check before FastAPI reads and parses the request body, so a caller
-without a valid key, or over its rate, costs no JSON parsing, no ONNX run and no Redis call.
+without a valid key, or over its rate, or beyond the route's in-flight bound, costs no JSON
+parsing, no ONNX run and no Redis call.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import Response
 
+from .admission import InFlightLimit
 from .schemas import ErrorOut
 from .settings import Settings
 
@@ -155,9 +158,9 @@ def _unauthorized(message: str) -> HTTPException:
 
 
 class Guard:
-    """The app's key set and rate limiter; `write` and `read` are its route dependencies."""
+    """The app's key set, rate limiter and in-flight bound; `write` and `read` are its route dependencies."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_shed: Callable[[str], None] = lambda route: None) -> None:
         self._digests = configured_keys(settings)
         self._env_digests = [_digest(k) for k in _env_keys(settings)]
         self._file = settings.api_keys_file
@@ -165,6 +168,7 @@ class Guard:
         self._file_checked = time.monotonic()
         self.protect_reads = settings.protect_reads
         self.limiter = RateLimiter(settings.rate_limit_per_s, max(1.0, settings.rate_limit_burst))
+        self.max_in_flight, self.retry_after_s, self.on_shed = settings.max_in_flight, settings.retry_after_s, on_shed
         if not self._digests:
             log.warning(
                 "NO AUTHENTICATION: no API key configured and SIDSERVE_ALLOW_UNAUTHENTICATED=true; "
@@ -232,6 +236,10 @@ class Guard:
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )  # fmt: skip
 
+    def in_flight_limit(self, methods: str, path: str) -> InFlightLimit:
+        """A new bound on a route's requests in flight (one per guarded route); sheds call on_shed(path)."""
+        return InFlightLimit(f"{methods} {path}", self.max_in_flight, self.retry_after_s, lambda: self.on_shed(path))
+
     def dependencies(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
         """(write, read) dependencies. Only the protected ones declare the bearer scheme, so
         OpenAPI shows a lock exactly where a key is needed."""
@@ -265,7 +273,8 @@ class Guard:
 
 
 class GuardedRoute(APIRoute):
-    """An APIRoute that runs its guard dependency before the body is read and parsed.
+    """An APIRoute that runs its guard dependency, and then its in-flight bound, before the body is
+    read and parsed.
 
     FastAPI reads and JSON-decodes the body before it solves dependencies; for the guard that
     order would let an unauthenticated caller make the server parse up to max_body_bytes of JSON.
@@ -277,7 +286,11 @@ class GuardedRoute(APIRoute):
         guard_dep = self._guard_dependency()
         if guard_dep is None:
             return handler
-        return _guarded(guard_dep, handler)
+        return _guarded(guard_dep, handler, self._in_flight_limit(guard_dep))
+
+    def _in_flight_limit(self, guard_dep: Callable[..., Any]) -> InFlightLimit:
+        guard: Guard = guard_dep.guard  # type: ignore[attr-defined]
+        return guard.in_flight_limit("/".join(sorted(self.methods)), self.path)
 
     def _guard_dependency(self) -> Callable[..., Any] | None:
         return next((d.call for d in self.dependant.dependencies if getattr(d.call, "guard", None) is not None), None)
@@ -301,16 +314,17 @@ class DirectRoute(GuardedRoute):
             raise TypeError(f"{self.path}: a DirectRoute's one dependency is the guard")
         if [p.name for p in inspect.signature(self.endpoint).parameters.values()] != ["request"]:
             raise TypeError(f"{self.path}: a DirectRoute's endpoint takes only `request`")
-        return _guarded(guard_dep, self.endpoint)
+        return _guarded(guard_dep, self.endpoint, self._in_flight_limit(guard_dep))
 
 
-def _guarded(guard_dep: Callable[..., Any], handler: RouteHandler):
+def _guarded(guard_dep: Callable[..., Any], handler: RouteHandler, in_flight: InFlightLimit) -> RouteHandler:
     guard: Guard = guard_dep.guard  # type: ignore[attr-defined]
     protected: bool = guard_dep.protected  # type: ignore[attr-defined]
 
     async def guarded(request: Request) -> Response:
         credentials = await _bearer(request) if protected else None
         guard.check(request, credentials, protected)
-        return await handler(request)
+        with in_flight:
+            return await handler(request)
 
     return guarded

@@ -160,6 +160,12 @@ class Settings(BaseSettings):
         "clients' and proxies' idle timeouts (httpx 5 s, nginx upstream 60 s), so they close first: with "
         "uvicorn's 5 s a client could send on a connection the server was just closing (a reset).",
     )
+    max_in_flight: NonNegativeInt = Field(
+        default=32,
+        description="Load shedding: requests one route may have in flight in one process; beyond, 503 with "
+        "Retry-After at once, before the body is read (sidserve.admission). Health, readiness and metrics are "
+        "not bounded. 0 = no bound (an overloaded worker then queues every request until Redis calls time out).",
+    )
     max_body_bytes: PositiveInt = Field(
         default=32 * 1024 * 1024, description="Larger request bodies are refused with 413."
     )
