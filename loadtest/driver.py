@@ -5,9 +5,11 @@ to whole milliseconds (CPython's `EpollSelector.select` ceils the timeout to 1 m
 would delay every send by ~0.5 ms on average; select() takes microseconds. The process's
 timer slack is also lowered to 1 us (Linux prctl) so wake-ups are not coalesced.
 
-Per request kind it records three histograms: latency from the intended send time (the
-figure that counts, free of coordinated omission), latency from the actual write (service
-time, for comparison) and the generator's send lag (intended -> handed to a connection).
+Per request kind it records four histograms: latency from the intended send time (the
+figure that counts, free of coordinated omission), the same for the successful answers alone
+(a service that fails fast, e.g. by shedding load, would otherwise look fast), latency from the
+actual write (service time, for comparison) and the generator's send lag (intended -> handed to
+a connection).
 A send more than `late_threshold_s` after its intended time is a *late send*: many of them
 mean the generator, not the service, limits the run.
 """
@@ -109,6 +111,7 @@ class KindStats:
     name: str
     items_per_request: int
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    ok_latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # successful answers only
     service: LatencyHistogram = field(default_factory=LatencyHistogram)
     send_lag: LatencyHistogram = field(default_factory=LatencyHistogram)
     sent: int = 0
@@ -139,6 +142,7 @@ class DriveResult:
         tot = KindStats("all", 0)
         for k in self.kinds:
             tot.latency.merge(k.latency)
+            tot.ok_latency.merge(k.ok_latency)
             tot.service.merge(k.service)
             tot.send_lag.merge(k.send_lag)
             tot.sent += k.sent
@@ -189,6 +193,7 @@ async def drive(
                 ks.error("bad_body", why)
             else:
                 ks.ok += 1
+                ks.ok_latency.record_s(t_done - intended)
             last_done[0] = t_done
             done_count += 1
             if done_count + dropped == n and not all_done.done():

@@ -149,6 +149,7 @@ def test_driver_open_model_against_a_tiny_server():
     # ~16 requests (8 %) were due in the stall's first 40 ms: each waited >= 10 ms
     assert t.latency.percentile_ms(95) >= 10
     assert t.service.percentile_ms(50) < t.latency.percentile_ms(95)
+    assert t.ok_latency.count == 200 and t.ok_latency.max_ms() == t.latency.max_ms()
 
 
 def test_driver_counts_errors_and_transport_failures():
@@ -171,6 +172,7 @@ def test_driver_counts_errors_and_transport_failures():
     t = driver.run(main()).total()
     assert t.ok == 0 and sum(t.errors.values()) == 20
     assert t.errors["http_503"] >= 1
+    assert t.latency.count == 20 and t.ok_latency.count == 0  # failed answers are not in the ok latency
 
 
 def test_chunked_response_is_parsed():

@@ -43,7 +43,7 @@ def test_smoke_profile_passes(sid_bundle: Path, tmp_path: Path) -> None:
         assert s["scheduled"] == s["sent"] == s["ok"] > 0, s
         assert s["errors"] == {} and s["error_rate"] == 0
         assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["p999_ms"] <= lat["max_ms"]
-        assert lat["count"] == s["ok"]
+        assert lat["count"] == s["ok"] == s["latency_ok"]["count"]
         assert s["achieved_rps"] > 0.5 * s["rate_rps"]
         assert s["service_time"]["p50_ms"] <= lat["p50_ms"] + 1e-9  # service time <= time since intended
         if Path("/proc/self/stat").exists():  # CPU per request: the service's from /proc, Redis's from INFO
