@@ -137,7 +137,7 @@ def test_helpers_exit_with_a_killed_worker() -> None:
 def _running(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or reaped between the open and the read
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
