@@ -4,7 +4,9 @@ Without it an overloaded worker takes every request it reads. They queue in its 
 all of them slow down together, and once the backlog passes the Redis reply timeout they fail
 with 503 anyway, after having cost their CPU. Beyond the bound a request is answered 503 with
 Retry-After at once, before its body is parsed: a refusal costs little, the admitted requests stay
-fast, and the caller can retry elsewhere (another replica behind the balancer).
+fast, and the caller can retry elsewhere (another replica). README "Reliability and durability"
+has the measured effect (fetch_300_uniform at 3x what the machine serves: successful answers'
+p99 11.2 s without the bound, 252 ms with 32).
 
 The bound is per route, so that slow work on one route (a backfill's batch uploads waiting for
 the encoder) never sheds another's (the ranking servers' feature fetches). Only the API routes

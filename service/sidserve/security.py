@@ -160,7 +160,7 @@ def _unauthorized(message: str) -> HTTPException:
 class Guard:
     """The app's key set, rate limiter and in-flight bound; `write` and `read` are its route dependencies."""
 
-    def __init__(self, settings: Settings, on_shed: Callable[[str], None] = lambda route: None) -> None:
+    def __init__(self, settings: Settings, on_shed: Callable[[str], None] = lambda path: None) -> None:
         self._digests = configured_keys(settings)
         self._env_digests = [_digest(k) for k in _env_keys(settings)]
         self._file = settings.api_keys_file
