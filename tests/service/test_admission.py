@@ -36,26 +36,37 @@ def test_a_route_at_its_bound_sheds_at_once(
         assert http.post("/v1/items/batch", json={"items": items}).status_code == 200
 
         redis.Redis.from_url(redis_process.url).execute_command("CLIENT", "PAUSE", PAUSE_MS, "ALL")
-        held = pool.submit(http.post, "/v1/features", json={"candidates": [ids[0]]})
+        # One request held in each of two routes (a DirectRoute and a plain GuardedRoute): each
+        # route has its own bound, so the second is admitted although the first is in flight.
+        held_features = pool.submit(http.post, "/v1/features", json={"candidates": [ids[0]]})
+        held_get = pool.submit(http.get, f"/v1/items/{ids[1]}")
         time.sleep(HELD_AFTER_S)
-        other_route = pool.submit(http.get, f"/v1/items/{ids[1]}")  # its own bound: waits for Redis, not shed
 
         start = time.monotonic()
-        shed = http.post("/v1/features", json={"candidates": [ids[1]]})
+        shed = {
+            "POST /v1/features": http.post("/v1/features", json={"candidates": [ids[1]]}),
+            "GET /v1/items/{item_id:path}": http.get(f"/v1/items/{ids[0]}"),
+        }
         elapsed = time.monotonic() - start
-        assert not held.done(), "the first request should still be held by the paused Redis"
-        assert shed.status_code == 503, shed.text
-        assert shed.headers["retry-after"] == str(settings.retry_after_s)
-        detail = shed.json()["detail"]
-        assert "overloaded" in detail and "POST /v1/features" in detail and "SIDSERVE_MAX_IN_FLIGHT" in detail
-        assert elapsed < PAUSE_MS / 1000 / 2, f"the refusal took {elapsed:.2f} s: it waited"
+        assert not held_features.done() and not held_get.done(), "the first requests should still be held"
+        for route, answer in shed.items():
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"] == str(settings.retry_after_s)
+            detail = answer.json()["detail"]
+            assert detail.startswith(f"overloaded: {route} already has 1 requests in flight"), detail
+            assert "SIDSERVE_MAX_IN_FLIGHT" in detail
+        assert elapsed < PAUSE_MS / 1000 / 2, f"the refusals took {elapsed:.2f} s: they waited"
         assert http.get("/healthz").status_code == 200  # probes are never bounded
 
-        assert held.result().status_code == 200  # admitted requests complete once Redis answers
-        assert held.result().json()["candidates"]["known"] == [True]
-        assert other_route.result().status_code == 200
-        assert http.post("/v1/features", json={"candidates": [ids[1]]}).status_code == 200  # the slot is free again
-        assert 'sidserve_requests_shed_total{endpoint="/v1/features"} 1.0' in http.get("/metrics").text
+        # The held requests complete once Redis answers, and free their slots.
+        assert held_features.result().status_code == 200
+        assert held_features.result().json()["candidates"]["known"] == [True]
+        assert held_get.result().status_code == 200
+        assert http.post("/v1/features", json={"candidates": [ids[1]]}).status_code == 200
+        assert http.get(f"/v1/items/{ids[0]}").status_code == 200
+        metrics = http.get("/metrics").text
+        assert 'sidserve_requests_shed_total{endpoint="/v1/features"} 1.0' in metrics
+        assert 'sidserve_requests_shed_total{endpoint="/v1/items/{item_id:path}"} 1.0' in metrics
 
 
 def test_in_flight_limit_counts_and_releases() -> None:
