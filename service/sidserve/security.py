@@ -1,5 +1,6 @@
-"""API keys and per-key rate limits, as FastAPI dependencies (README "Security"), and the route
-classes that check them, and each route's in-flight bound (sidserve.admission), before a body is read.
+"""API keys and per-key rate limits as FastAPI dependencies (README "Security"), and the route
+classes that check them, then the route's in-flight bound (sidserve.admission), before a request's
+body is read.
 
 - Keys: `SIDSERVE_API_KEYS` (comma-separated) and/or `SIDSERVE_API_KEYS_FILE` (one per line, `#`
   comments and blank lines ignored; re-read when the file changes, so a mounted secret can be
