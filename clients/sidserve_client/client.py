@@ -47,15 +47,37 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """How a call is retried. `deadline`: seconds for the whole call, retries and waits included
+    (None: `attempts` alone bounds it). A ranking server on a budget of milliseconds sets it: each
+    attempt's HTTP timeout is cut to the time left, and a retry whose wait (Retry-After included)
+    would end past the deadline is not made; the last error is raised at once instead."""
+
     attempts: int = 4  # tries in all, the first included
     backoff: float = 0.05  # seconds before the first retry, doubled each time
     max_backoff: float = 2.0
+    deadline: float | None = None
 
     def delay(self, retry: int, retry_after: str | None) -> float:
         wait = min(self.max_backoff, self.backoff * 2**retry) * random.uniform(0.5, 1.0)
         if retry_after and retry_after.isdigit():
             wait = max(wait, min(self.max_backoff, float(retry_after)))
         return wait
+
+    def ends(self) -> float | None:
+        """The monotonic time by which a call starting now must end; None without a deadline."""
+        return None if self.deadline is None else time.monotonic() + self.deadline
+
+    def timeout(self, ends: float | None) -> Any:
+        """The HTTP timeout of the next attempt: the time left before `ends`, or the client's own
+        (httpx.USE_CLIENT_DEFAULT)."""
+        return httpx.USE_CLIENT_DEFAULT if ends is None else max(0.001, ends - time.monotonic())
+
+    def wait(self, attempt: int, retry_after: str | None, ends: float | None) -> float | None:
+        """Seconds to wait before retrying after attempt `attempt` (0-based) failed; None: no retry."""
+        if attempt + 1 >= self.attempts:
+            return None
+        wait = self.delay(attempt, retry_after)
+        return None if ends is not None and time.monotonic() + wait >= ends else wait
 
 
 @dataclass(frozen=True)
@@ -210,10 +232,14 @@ class SidServeClient:
         return self._headers if call.content_type is None else {**self._headers, "content-type": call.content_type}
 
     def _run(self, call: _Call[T]) -> T:
+        ends = self.retry.ends()
         for attempt in range(self.retry.attempts):
             retry_after = None
             try:
-                response = self._http.request(call.method, call.path, content=call.body, headers=self._call_headers(call))
+                response = self._http.request(
+                    call.method, call.path, content=call.body, headers=self._call_headers(call),
+                    timeout=self.retry.timeout(ends),
+                )  # fmt: skip
             except _RETRYABLE as e:
                 error: SidServeError = ServiceUnavailable(None, f"{type(e).__name__}: {e}")
             else:
@@ -223,8 +249,10 @@ class SidServeClient:
                 if not isinstance(error, ServiceUnavailable | RateLimited):
                     raise error
                 retry_after = response.headers.get("retry-after")
-            if attempt + 1 < self.retry.attempts:
-                time.sleep(self.retry.delay(attempt, retry_after))
+            wait = self.retry.wait(attempt, retry_after, ends)
+            if wait is None:
+                break
+            time.sleep(wait)
         raise error
 
 
@@ -280,10 +308,14 @@ class AsyncSidServeClient:
         return self._headers if call.content_type is None else {**self._headers, "content-type": call.content_type}
 
     async def _run(self, call: _Call[T]) -> T:
+        ends = self.retry.ends()
         for attempt in range(self.retry.attempts):
             retry_after = None
             try:
-                response = await self._http.request(call.method, call.path, content=call.body, headers=self._call_headers(call))
+                response = await self._http.request(
+                    call.method, call.path, content=call.body, headers=self._call_headers(call),
+                    timeout=self.retry.timeout(ends),
+                )  # fmt: skip
             except _RETRYABLE as e:
                 error: SidServeError = ServiceUnavailable(None, f"{type(e).__name__}: {e}")
             else:
@@ -293,6 +325,8 @@ class AsyncSidServeClient:
                 if not isinstance(error, ServiceUnavailable | RateLimited):
                     raise error
                 retry_after = response.headers.get("retry-after")
-            if attempt + 1 < self.retry.attempts:
-                await asyncio.sleep(self.retry.delay(attempt, retry_after))
+            wait = self.retry.wait(attempt, retry_after, ends)
+            if wait is None:
+                break
+            await asyncio.sleep(wait)
         raise error

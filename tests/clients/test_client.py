@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 
@@ -104,3 +105,41 @@ def test_retry_policy_honours_retry_after() -> None:
     assert 0.005 <= policy.delay(0, None) <= 0.01
     assert policy.delay(0, "1") >= 1.0
     assert RetryPolicy(max_backoff=0.5).delay(0, "30") <= 0.5  # capped
+
+
+def test_a_deadline_bounds_the_whole_call() -> None:
+    """RetryPolicy(deadline=...): no retry waits past it (Retry-After included), and an attempt's
+    HTTP timeout is cut to the time left, so a server that never answers costs the deadline only."""
+    policy = RetryPolicy(attempts=100, backoff=0.01, max_backoff=2.0, deadline=0.3)
+    ends = policy.ends()
+    assert ends is not None and policy.wait(0, "1", ends) is None  # a 1 s Retry-After does not fit
+    assert 0.005 <= policy.wait(0, None, ends) <= 0.01
+    assert RetryPolicy(attempts=2).wait(1, None, None) is None and RetryPolicy().ends() is None
+
+    refused = f"http://127.0.0.1:{free_port()}"  # nothing listens: retried until the deadline
+    requests: list[httpx.Request] = []
+    http = httpx.Client(base_url=refused, event_hooks={"request": [requests.append]})
+    with SidServeClient(refused, retry=policy, http=http) as client:
+        start = time.monotonic()
+        with pytest.raises(ServiceUnavailable, match="ConnectError"):
+            client.features(["a"])
+        assert 0.15 <= time.monotonic() - start < 0.6 and 3 <= len(requests) < 100
+
+    with socket.socket() as silent:  # accepts connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with SidServeClient(url, retry=policy, timeout=5.0) as client:
+            start = time.monotonic()
+            with pytest.raises(ServiceUnavailable, match="Timeout"):
+                client.features(["a"])
+            assert time.monotonic() - start < 1.0  # the deadline, not the 5 s timeout
+
+        async def main() -> float:
+            async with AsyncSidServeClient(url, retry=policy, timeout=5.0) as client:
+                start = time.monotonic()
+                with pytest.raises(ServiceUnavailable, match="Timeout"):
+                    await client.features(["a"])
+                return time.monotonic() - start
+
+        assert asyncio.run(main()) < 1.0
