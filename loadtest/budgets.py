@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 DEFAULT_FILE = Path(__file__).with_name("budgets.toml")
-KEYS = ("p50_ms", "p99_ms", "max_error_rate", "min_throughput_rps", "max_late_sends")
+KEYS = ("p50_ms", "p99_ms", "ok_p99_ms", "max_error_rate", "min_throughput_rps", "max_late_sends")
 
 
 def load(path: Path | str = DEFAULT_FILE) -> dict:
@@ -33,6 +33,8 @@ def check(result: dict, budget: dict) -> list[str]:
     for key in ("p50_ms", "p99_ms"):
         if key in budget and not (lat[key] <= budget[key]):  # NaN (no answer) misses
             misses.append(f"{key} {lat[key]} > {budget[key]}")
+    if "ok_p99_ms" in budget and not (result["latency_ok"]["p99_ms"] <= budget["ok_p99_ms"]):
+        misses.append(f"ok_p99_ms {result['latency_ok']['p99_ms']} > {budget['ok_p99_ms']}")
     if "max_error_rate" in budget and result["error_rate"] > budget["max_error_rate"]:
         misses.append(f"error rate {result['error_rate']:.4g} > {budget['max_error_rate']} "
                       f"({result['errors']})")

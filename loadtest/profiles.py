@@ -68,6 +68,9 @@ FULL = Profile(
         Scenario("mix_zipf", "mix", 500),
         # JSON batches of 1,000 items (2.5 a second) reaching the workers that serve the fetches
         Scenario("mix_batch_zipf", "mix", 500, batch=1000, fetch_share=0.995, mix_upload="upload_batch"),
+        # Overload (~1.5x what a 2-core machine serves): the service must shed the excess and keep
+        # what it admits fast (SIDSERVE_MAX_IN_FLIGHT). Last: it leaves a backlog behind.
+        _fetch("fetch_300_uniform_overload", 1500, "uniform"),
     ),
 )  # fmt: skip
 

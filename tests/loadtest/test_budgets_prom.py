@@ -44,6 +44,13 @@ def test_budget_check_names_each_miss():
     assert "http_503" in misses[2] and "throughput" in misses[3] and "late sends 7" in misses[4]
 
 
+def test_ok_p99_budget_reads_the_successful_answers():
+    overloaded = _result(latency={"p50_ms": 1.0, "p99_ms": 2.0}, latency_ok={"p99_ms": 900.0})
+    assert budgets.check(overloaded, {"p99_ms": 5.0}) == []
+    assert budgets.check(overloaded, {"ok_p99_ms": 500.0}) == ["ok_p99_ms 900.0 > 500.0"]
+    assert budgets.check(_result(latency_ok={"p99_ms": math.nan}), {"ok_p99_ms": 500.0})  # none served: a miss
+
+
 def test_budget_file_rejects_unknown_keys(tmp_path):
     f = tmp_path / "b.toml"
     f.write_text("[smoke.x]\np95_ms = 3\n")
