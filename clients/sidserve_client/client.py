@@ -11,6 +11,7 @@ it protects them); it is never part of an error message.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -233,7 +234,7 @@ class SidServeClient:
 
     def _run(self, call: _Call[T]) -> T:
         ends = self.retry.ends()
-        for attempt in range(self.retry.attempts):
+        for attempt in itertools.count():  # RetryPolicy.wait ends it
             retry_after = None
             try:
                 response = self._http.request(
@@ -309,7 +310,7 @@ class AsyncSidServeClient:
 
     async def _run(self, call: _Call[T]) -> T:
         ends = self.retry.ends()
-        for attempt in range(self.retry.attempts):
+        for attempt in itertools.count():  # RetryPolicy.wait ends it
             retry_after = None
             try:
                 response = await self._http.request(

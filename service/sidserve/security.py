@@ -287,11 +287,21 @@ class GuardedRoute(APIRoute):
         guard_dep = self._guard_dependency()
         if guard_dep is None:
             return handler
-        return _guarded(guard_dep, handler, self._in_flight_limit(guard_dep))
+        return self._guarded(guard_dep, handler)
 
-    def _in_flight_limit(self, guard_dep: Callable[..., Any]) -> InFlightLimit:
+    def _guarded(self, guard_dep: Callable[..., Any], handler: RouteHandler) -> RouteHandler:
+        """`handler` behind the guard's check and this route's in-flight bound."""
         guard: Guard = guard_dep.guard  # type: ignore[attr-defined]
-        return guard.in_flight_limit("/".join(sorted(self.methods)), self.path)
+        protected: bool = guard_dep.protected  # type: ignore[attr-defined]
+        in_flight = guard.in_flight_limit("/".join(sorted(self.methods)), self.path)
+
+        async def guarded(request: Request) -> Response:
+            credentials = await _bearer(request) if protected else None
+            guard.check(request, credentials, protected)
+            with in_flight:
+                return await handler(request)
+
+        return guarded
 
     def _guard_dependency(self) -> Callable[..., Any] | None:
         return next((d.call for d in self.dependant.dependencies if getattr(d.call, "guard", None) is not None), None)
@@ -315,17 +325,4 @@ class DirectRoute(GuardedRoute):
             raise TypeError(f"{self.path}: a DirectRoute's one dependency is the guard")
         if [p.name for p in inspect.signature(self.endpoint).parameters.values()] != ["request"]:
             raise TypeError(f"{self.path}: a DirectRoute's endpoint takes only `request`")
-        return _guarded(guard_dep, self.endpoint, self._in_flight_limit(guard_dep))
-
-
-def _guarded(guard_dep: Callable[..., Any], handler: RouteHandler, in_flight: InFlightLimit) -> RouteHandler:
-    guard: Guard = guard_dep.guard  # type: ignore[attr-defined]
-    protected: bool = guard_dep.protected  # type: ignore[attr-defined]
-
-    async def guarded(request: Request) -> Response:
-        credentials = await _bearer(request) if protected else None
-        guard.check(request, credentials, protected)
-        with in_flight:
-            return await handler(request)
-
-    return guarded
+        return self._guarded(guard_dep, self.endpoint)
