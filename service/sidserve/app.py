@@ -249,6 +249,11 @@ def _configure_logging(level: str) -> None:
         log.addHandler(handler)
 
 
+# FastAPI's OpenTelemetry instrumentation (SIDSERVE_OPENTELEMETRY) with every signal off. FastAPI
+# versions without it keep unknown keyword arguments in `app.extra`, unused.
+_NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     _configure_logging(settings.log_level)
@@ -282,6 +287,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "\"msg\", \"type\"}]}`, with the item's index in `loc` for batch items; other errors are "
         "`{\"detail\": \"message\"}`.",
         lifespan=lifespan,
+        **({} if settings.opentelemetry else {"telemetry": _NO_TELEMETRY}),
     )
     app.state.sidserve = state
     app.router.route_class = GuardedRoute  # auth and rate limit before the body is read

@@ -293,6 +293,22 @@ def test_no_model_means_not_ready(redis_url: str) -> None:
             assert r.headers["retry-after"] == "1"
 
 
+@pytest.mark.parametrize("enabled", [False, True])
+def test_opentelemetry_instrumentation_is_opt_in(redis_url: str, monkeypatch: pytest.MonkeyPatch, enabled: bool) -> None:
+    """Off by default: FastAPI's instrumentation otherwise looks up the tracer provider on every request."""
+    pytest.importorskip("fastapi.telemetry", reason="this FastAPI has no built-in instrumentation")
+    from opentelemetry import trace
+
+    lookups = []
+    provider = trace.get_tracer_provider
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: lookups.append(1) or provider())
+    with serve(service_settings(None, redis_url, opentelemetry=enabled)) as service:
+        lookups.clear()  # count the requests' lookups, not the startup's
+        for _ in range(3):
+            assert httpx.get(f"{service.url}/healthz").status_code == 200
+    assert (len(lookups) >= 3) == enabled and (not lookups) == (not enabled)
+
+
 def test_startup_warns_about_feature_config(
     sid_bundle: Path, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
