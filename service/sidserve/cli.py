@@ -14,7 +14,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
-from .security import SecurityConfigError, configured_keys
+from .keys import SecurityConfigError, configured_keys
 from .settings import Settings
 
 ENV_PREFIX = "SIDSERVE_"

@@ -29,7 +29,6 @@ parsing, no ONNX run and no Redis call.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import inspect
 import logging
@@ -46,66 +45,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import Response
 
 from .admission import InFlightLimit
+from .keys import SecurityConfigError, configured_keys, env_keys, key_digest, read_keys_file
 from .schemas import ErrorOut
 from .settings import Settings
 
 log = logging.getLogger("sidserve")
 
-MIN_KEY_LENGTH = 16
 KEYS_FILE_CHECK_S = 5.0  # how often the keys file's mtime is looked at
 MAX_BUCKETS = 100_000  # bound on remembered clients (anonymous callers are keyed by address)
 RouteHandler = Callable[[Request], Coroutine[Any, Any, Response]]  # also a DirectRoute's endpoint
-
-
-class SecurityConfigError(ValueError):
-    """The key configuration is unusable; the service must not start. Messages never quote a key."""
-
-
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
-
-
-def _parse_keys(text: str, separator: str, source: str) -> list[str]:
-    keys = []
-    for n, raw in enumerate(text.split(separator), 1):
-        key = raw.strip()
-        if not key or key.startswith("#"):
-            continue
-        if len(key) < MIN_KEY_LENGTH or any(c.isspace() or c == "," for c in key):
-            raise SecurityConfigError(
-                f"{source}: entry {n} is not a usable key (needs {MIN_KEY_LENGTH}+ characters, "
-                "no spaces or commas; e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
-            )
-        keys.append(key)
-    return keys
-
-
-def _read_keys_file(path: Path) -> list[str]:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise SecurityConfigError(f"SIDSERVE_API_KEYS_FILE {path}: cannot read: {e.strerror}") from None
-    return _parse_keys(text, "\n", f"SIDSERVE_API_KEYS_FILE {path}")
-
-
-def _env_keys(settings: Settings) -> list[str]:
-    if settings.api_keys is None:
-        return []
-    return _parse_keys(settings.api_keys.get_secret_value(), ",", "SIDSERVE_API_KEYS")
-
-
-def configured_keys(settings: Settings) -> list[bytes]:
-    """Digests of every configured key. Raises SecurityConfigError when none is configured and
-    unauthenticated access was not explicitly allowed."""
-    keys = _env_keys(settings)
-    if settings.api_keys_file is not None:
-        keys += _read_keys_file(settings.api_keys_file)
-    if not keys and not settings.allow_unauthenticated:
-        raise SecurityConfigError(
-            "no API key configured: set SIDSERVE_API_KEYS or SIDSERVE_API_KEYS_FILE, or "
-            "SIDSERVE_ALLOW_UNAUTHENTICATED=true to serve without authentication (not for production)"
-        )
-    return [_digest(k) for k in keys]
 
 
 @dataclass
@@ -163,7 +111,7 @@ class Guard:
 
     def __init__(self, settings: Settings, on_shed: Callable[[str], None] = lambda path: None) -> None:
         self._digests = configured_keys(settings)
-        self._env_digests = [_digest(k) for k in _env_keys(settings)]
+        self._env_digests = [key_digest(k) for k in env_keys(settings)]
         self._file = settings.api_keys_file
         self._file_stamp = self._stamp()
         self._file_checked = time.monotonic()
@@ -199,7 +147,7 @@ class Guard:
         if stamp == self._file_stamp:
             return
         try:
-            digests = self._env_digests + [_digest(k) for k in _read_keys_file(self._file)]
+            digests = self._env_digests + [key_digest(k) for k in read_keys_file(self._file)]
         except SecurityConfigError as e:
             log.error("keeping the current API keys: %s", e)  # a half-written file must not lock everyone out
             return
@@ -214,7 +162,7 @@ class Guard:
         self._reload_if_changed()
         if credentials is None:
             raise _unauthorized("missing API key: send `Authorization: Bearer <key>`")
-        presented = _digest(credentials.credentials)
+        presented = key_digest(credentials.credentials)
         match = False
         for digest in self._digests:  # no early exit: the time does not depend on which key matched
             match |= hmac.compare_digest(presented, digest)

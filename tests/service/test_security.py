@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from service_fixtures import LiveService, serve, service_settings
 
-from sidserve import security
+from sidserve import keys, security
 from sidserve.security import RateLimiter
 from sidserve_client import RateLimited, RetryPolicy, SidServeClient, Unauthorized
 
@@ -139,14 +139,14 @@ def test_keys_file_is_reloaded(
 def test_key_configuration_errors(tmp_path: Path) -> None:
     from sidserve.settings import Settings
 
-    with pytest.raises(security.SecurityConfigError, match="no API key configured"):
-        security.configured_keys(Settings())
-    assert security.configured_keys(Settings(allow_unauthenticated=True)) == []
-    with pytest.raises(security.SecurityConfigError, match="entry 2 is not a usable key") as e:
-        security.configured_keys(Settings(api_keys=f"{OLD_KEY},tooshort"))
+    with pytest.raises(keys.SecurityConfigError, match="no API key configured"):
+        keys.configured_keys(Settings())
+    assert keys.configured_keys(Settings(allow_unauthenticated=True)) == []
+    with pytest.raises(keys.SecurityConfigError, match="entry 2 is not a usable key") as e:
+        keys.configured_keys(Settings(api_keys=f"{OLD_KEY},tooshort"))
     assert "tooshort" not in str(e.value)
-    with pytest.raises(security.SecurityConfigError, match="cannot read"):
-        security.configured_keys(Settings(api_keys_file=tmp_path / "missing"))
+    with pytest.raises(keys.SecurityConfigError, match="cannot read"):
+        keys.configured_keys(Settings(api_keys_file=tmp_path / "missing"))
     assert OLD_KEY not in repr(Settings(api_keys=OLD_KEY))  # SecretStr: not in reprs or tracebacks
 
 
