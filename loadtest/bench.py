@@ -26,7 +26,7 @@ import redis
 from . import corpus, driver, procs, promparse, schedule, workload
 from .hist import LatencyHistogram
 from .profiles import FULL
-from .rawhttp import RawHttpPool, encode_request
+from .rawhttp import encode_request, pool_for
 from .runner import machine_note, scrape, write_json
 
 SIZES = {1: (1, 0), 300: (200, 100), 1000: (1000, 0)}
@@ -141,7 +141,7 @@ def http_point(svc: procs.Service, path: str, sets: np.ndarray, size: int, rate:
     kinds = [driver.RequestKind(path, lambda i: reqs[i % len(reqs)], check=check)]
 
     async def go():
-        pool = RawHttpPool("127.0.0.1", svc.port)
+        pool = pool_for(svc.ports)
         try:
             await pool.warm(8)
             await driver.drive(pool, warm_offsets, kinds, rate=rate)
@@ -190,7 +190,7 @@ def main(args) -> int:
     report: dict = {"machine": machine_note(), "bundle": str(bundle), "model_version": m["model_version"],
                     "levels": m["levels"], "codebook_size": m["codebook_size"], "items": n_items,
                     "hiredis": bool(redis.utils.HIREDIS_AVAILABLE), "rate_rps": args.rate,
-                    "duration_s": duration, "workers": args.workers}
+                    "duration_s": duration, "workers": args.workers, "replicas": args.replicas}
     with procs.RedisServer() as rs:
         mem = {}
         base = rs.used_memory()
@@ -218,7 +218,7 @@ def main(args) -> int:
                   f"response encoding p50 {floor[size]['encode']['p50_ms']:.3f} ms", flush=True)
 
         http: dict = {}
-        with procs.Service(bundle, rs.url, args.workers) as svc:
+        with procs.Service(bundle, rs.url, args.workers, replicas=args.replicas) as svc:
             status, body = svc.get("/openapi.json")
             paths = json.loads(body).get("paths", {}) if status == 200 else {}
             noop = args.noop_path if args.noop_path in paths else None

@@ -16,7 +16,9 @@ def main(argv: list[str] | None = None) -> int:
 
     r = sub.add_parser("run", help="open-model load test of every scenario of a profile, checked against budgets")
     r.add_argument("--profile", default="smoke", choices=sorted(profiles.PROFILES))
-    r.add_argument("--workers", type=int, help="uvicorn workers of the service (default: the profile's)")
+    r.add_argument("--workers", type=int, help="uvicorn workers per replica (default: the profile's)")
+    r.add_argument("--replicas", type=int,
+                   help="service processes on their own ports, requests spread over them (default: the profile's)")
     r.add_argument("--out", type=Path, help="write the results as JSON here")
     r.add_argument("--bundle", type=Path, help="model bundle to serve (default: train and cache a demo one)")
     r.add_argument("--budgets", type=Path, default=budgets.DEFAULT_FILE, help="budgets file (TOML)")
@@ -29,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
 
     b = sub.add_parser("bench", help="the Redis floor vs no-op endpoint vs features endpoint, same run and keys")
     b.add_argument("--quick", action="store_true", help="100k items, 10 s per point (default: 1M items, 60 s)")
-    b.add_argument("--workers", type=int, default=1, help="uvicorn workers (1: server-side times are exact)")
+    b.add_argument("--workers", type=int, default=1, help="uvicorn workers per replica")
+    b.add_argument("--replicas", type=int, default=1,
+                   help="service processes on their own ports, requests spread over them")
     b.add_argument("--bundle", type=Path)
     b.add_argument("--rate", type=float, default=200.0, help="requests/s of the HTTP points (open model)")
     b.add_argument("--duration", type=float, help="seconds per point")
@@ -49,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "run":
         from . import runner
 
-        prof = profiles.get(args.profile, workers=args.workers, duration_s=args.duration, warmup_s=args.warmup,
-                            corpus=args.corpus)
+        prof = profiles.get(args.profile, workers=args.workers, replicas=args.replicas, duration_s=args.duration,
+                            warmup_s=args.warmup, corpus=args.corpus)
         if args.rate_scale != 1.0:
             prof = profiles.scale_rates(prof, args.rate_scale)
         return runner.run(prof, args.bundle, args.out, args.budgets, client=args.client, only=args.scenario)

@@ -1,4 +1,5 @@
-"""What a run starts: a private redis-server and the service (`sidserve`, N uvicorn workers)."""
+"""What a run starts: a private redis-server and the service (`sidserve`: R replicas of W uvicorn
+workers each)."""
 
 from __future__ import annotations
 
@@ -91,16 +92,24 @@ class RedisServer(RedisProcess):
 
 
 class Service:
-    """The service under test: the `sidserve` console script with `workers` uvicorn workers.
+    """The service under test: `replicas` processes of the `sidserve` console script, each with
+    `workers` uvicorn workers on its own port.
+
+    Several single-worker replicas, with the generator spreading requests over them
+    (rawhttp.SpreadPool), is the deployment README recommends (one worker per replica behind a load
+    balancer). Several workers on one port split load unevenly: the workers share one listening
+    socket and the kernel hands most new connections to one of them (10 connections opened at once
+    to 2 workers were split 3/7, 9/1 and 10/0 in three tries), and the keep-alive connections stay
+    where they landed.
 
     Access logs are off (log level warning): at 1,000 requests/s they would cost more CPU than
-    the handlers. With several workers, /metrics aggregates all of them through prometheus-client's
-    multiprocess mode (PROMETHEUS_MULTIPROC_DIR, a fresh directory per run).
+    the handlers. /metrics of any replica aggregates every process of every replica through
+    prometheus-client's multiprocess mode (one PROMETHEUS_MULTIPROC_DIR, fresh per run).
     """
 
     def __init__(self, bundle: Path, redis_url: str, workers: int = 1, env: dict[str, str] | None = None,
-                 ready_timeout_s: float = 60) -> None:
-        self.port = free_port()
+                 ready_timeout_s: float = 60, replicas: int = 1) -> None:
+        self.ports = [free_port() for _ in range(replicas)]
         self.dir = Path(tempfile.mkdtemp(prefix="loadtest-sidserve-"))
         prom = self.dir / "prometheus"
         prom.mkdir()
@@ -113,19 +122,32 @@ class Service:
                     "SIDSERVE_API_KEYS_FILE": str(keys), **(env or {})}
         exe = shutil.which("sidserve", path=str(Path(sys.executable).parent)) or shutil.which("sidserve")
         cmd = [exe] if exe else [sys.executable, "-m", "sidserve.cli"]
-        cmd += ["--bundle", str(bundle), "--redis-url", redis_url, "--host", "127.0.0.1",
-                "--port", str(self.port), "--workers", str(workers)]
-        self.workers = workers
+        cmd += ["--bundle", str(bundle), "--redis-url", redis_url, "--host", "127.0.0.1", "--workers", str(workers)]
+        self.workers, self.replicas = workers, replicas
         self.base = f"http://127.0.0.1:{self.port}"
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(cmd, env=full_env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        _wait(lambda: self.get("/readyz")[0] == 200, "sidserve", ready_timeout_s, self.proc, self.log)
-        self.ready_s = time.monotonic() - t0
+        with self.log.open("wb") as log:  # the replicas' output, interleaved
+            self.procs = [subprocess.Popen(cmd + ["--port", str(port)], env=full_env, stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True)
+                          for port in self.ports]  # fmt: skip
+        try:
+            for port, proc in zip(self.ports, self.procs):
+                base = f"http://127.0.0.1:{port}"
+                _wait(lambda: self.get("/readyz", base=base)[0] == 200, "sidserve", ready_timeout_s, proc, self.log)
+        except BaseException:
+            self.stop()  # no replica outlives a failed start
+            raise
+        self.ready_s = time.monotonic() - t0  # until every replica is ready
+
+    @property
+    def port(self) -> int:
+        """The first replica's port."""
+        return self.ports[0]
 
     def cpu_s(self) -> float | None:
         """CPU seconds used so far by the service's processes (None where /proc is missing)."""
-        return process_tree_cpu_s(self.proc.pid)
+        used = [process_tree_cpu_s(proc.pid) for proc in self.procs]
+        return None if None in used else sum(used)  # type: ignore[arg-type]
 
     @property
     def target(self):
@@ -133,20 +155,23 @@ class Service:
 
         return Target(f"127.0.0.1:{self.port}", {"Authorization": f"Bearer {self.api_key}"})
 
-    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    def get(self, path: str, timeout: float = 5.0, base: str | None = None) -> tuple[int, bytes]:
+        """GET from the first replica (or from `base`)."""
         try:
-            with urllib.request.urlopen(self.base + path, timeout=timeout) as r:
+            with urllib.request.urlopen((base or self.base) + path, timeout=timeout) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # uvicorn's supervisor stops its workers on SIGTERM
+        running = [proc for proc in self.procs if proc.poll() is None]
+        for proc in running:
+            proc.terminate()  # uvicorn's supervisor stops its workers on SIGTERM
+        for proc in running:
             try:
-                self.proc.wait(15)
+                proc.wait(15)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
+                os.killpg(proc.pid, 9)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Service:

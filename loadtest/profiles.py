@@ -29,9 +29,11 @@ class Profile:
     epochs: int
     warmup_s: float
     duration_s: float
-    workers: int
+    workers: int  # uvicorn workers per replica
     late_ms: float  # a send later than this after its intended time is a late send
     scenarios: tuple[Scenario, ...] = field(default_factory=tuple)
+    # Service processes on their own ports, requests spread round-robin over them (procs.Service).
+    replicas: int = 1
     zipf_s: float = 1.0
 
 
@@ -56,7 +58,7 @@ SMOKE = Profile(
 
 FULL = Profile(
     name="full", corpus=1_000_000, dim=384, levels=8, codebook_size=2048, train_n=20_000, epochs=3,
-    warmup_s=10.0, duration_s=60.0, workers=2, late_ms=1.0,
+    warmup_s=10.0, duration_s=60.0, workers=1, replicas=2, late_ms=1.0,
     scenarios=(
         _fetch("fetch_300_zipf", 500),
         _fetch("fetch_300_uniform", 500, "uniform"),

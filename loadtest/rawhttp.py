@@ -19,6 +19,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+MAX_CONNECTIONS = 512  # per run: with select() (driver.new_loop) every fd must stay below 1,024
+
 # on_done(status, body, t_sent, t_done, error): status 0 and error set on transport failures.
 Callback = Callable[[int, bytes, float, float, "str | None"], None]
 
@@ -130,7 +132,7 @@ class RawHttpPool:
 
     host: str
     port: int
-    max_connections: int = 512
+    max_connections: int = MAX_CONNECTIONS
     timeout_s: float = 10.0
     idle: list[_Conn] = field(default_factory=list)
     busy: set[_Conn] = field(default_factory=set)
@@ -216,10 +218,55 @@ class RawHttpPool:
         self.busy.clear()
 
 
+class SpreadPool:
+    """Requests spread round-robin over the pools of several replicas, as the load balancer in
+    front of them does (nginx's default: round-robin per request, then a keep-alive connection to
+    the chosen replica)."""
+
+    def __init__(self, pools: list[RawHttpPool] | list[HttpxPool]) -> None:
+        self.pools = pools
+        self._turn = 0
+
+    async def warm(self, n: int) -> None:
+        await asyncio.gather(*(pool.warm(max(1, n // len(self.pools))) for pool in self.pools))
+
+    def submit(self, request: bytes, cb: Callback) -> None:
+        self._turn = (self._turn + 1) % len(self.pools)
+        self.pools[self._turn].submit(request, cb)
+
+    def expire(self, now: float) -> int:
+        return sum(pool.expire(now) for pool in self.pools)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(pool.in_flight for pool in self.pools)
+
+    @property
+    def opened(self) -> int:
+        return sum(pool.opened for pool in self.pools)
+
+    @property
+    def max_waiting(self) -> int:
+        return max(pool.max_waiting for pool in self.pools)
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.close()
+
+
+def pool_for(ports: list[int], pool_cls: type[RawHttpPool] | type[HttpxPool] = RawHttpPool,
+             host: str = "127.0.0.1") -> RawHttpPool | HttpxPool | SpreadPool:
+    """One pool for one replica's port; requests spread over several. The pools share one
+    connection limit: the generator's select() loop takes file descriptors below 1,024 only."""
+    pools = [pool_cls(host, port, max_connections=MAX_CONNECTIONS // len(ports)) for port in ports]
+    return pools[0] if len(pools) == 1 else SpreadPool(pools)
+
+
 class HttpxPool:
     """The same interface on httpx.AsyncClient (one task per request), to compare client cost."""
 
-    def __init__(self, host: str, port: int, max_connections: int = 512, timeout_s: float = 10.0) -> None:
+    def __init__(self, host: str, port: int, max_connections: int = MAX_CONNECTIONS,
+                 timeout_s: float = 10.0) -> None:
         import httpx
 
         self.host, self.port = host, port

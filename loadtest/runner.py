@@ -15,7 +15,7 @@ import numpy as np
 from . import budgets as budgets_mod
 from . import corpus, driver, procs, promparse, schedule, workload
 from .profiles import Profile, Scenario
-from .rawhttp import HttpxPool, RawHttpPool
+from .rawhttp import HttpxPool, RawHttpPool, pool_for
 
 
 def machine_note() -> dict:
@@ -149,7 +149,7 @@ def drive_scenario(svc: procs.Service, sc: Scenario, profile: Profile, n_items: 
     pool_cls = RawHttpPool if client == "raw" else HttpxPool
 
     async def go() -> driver.DriveResult:
-        pool = pool_cls("127.0.0.1", svc.port)
+        pool = pool_for(svc.ports, pool_cls)
         try:
             await pool.warm(min(32, max(2, int(sc.rate // 50))))
             if warm is not None:  # same rate, same kinds, results dropped
@@ -199,8 +199,9 @@ def run(profile: Profile, bundle: Path | None, out: Path | None, budgets_file: P
         mem1 = redis_srv.used_memory()
         log(f"[loadtest] corpus: {len(codes):,} items with SIDs (onnxruntime {codes_s:.1f} s incl. cache), "
             f"written in {load_s:.1f} s; Redis used_memory +{(mem1 - mem0) / len(codes):.1f} B/item")
-        with procs.Service(bundle, redis_srv.url, profile.workers) as svc:
-            log(f"[loadtest] sidserve ready in {svc.ready_s:.2f} s ({profile.workers} workers, port {svc.port})")
+        with procs.Service(bundle, redis_srv.url, profile.workers, replicas=profile.replicas) as svc:
+            log(f"[loadtest] sidserve ready in {svc.ready_s:.2f} s ({profile.replicas} replica(s) x "
+                f"{profile.workers} worker(s), ports {', '.join(map(str, svc.ports))})")
             run_tag = f"lt{int(time.time())}"
             for i, sc in enumerate(scenarios):
                 r = drive_scenario(svc, sc, profile, len(codes), src, seed=1000 + i, run_tag=run_tag, client=client,

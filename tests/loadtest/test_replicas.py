@@ -1,0 +1,57 @@
+"""Several replicas under test: the generator spreads requests over them, and /metrics of one
+replica covers all (procs.Service, rawhttp.SpreadPool)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from loadtest import procs, promparse
+from loadtest.rawhttp import Callback, SpreadPool, encode_request, pool_for
+
+
+class _Recorder:
+    """A pool that records what it was given (stands in for a replica's connection pool)."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+
+    def submit(self, request: bytes, cb: Callback) -> None:
+        self.requests.append(request)
+
+
+def test_requests_go_to_the_replicas_in_turn() -> None:
+    pools = [_Recorder(), _Recorder(), _Recorder()]
+    spread = SpreadPool(pools)  # type: ignore[arg-type]
+    for i in range(7):
+        spread.submit(b"%d" % i, lambda *_: None)
+    assert [len(p.requests) for p in pools] == [2, 3, 2]
+    assert sorted(r for p in pools for r in p.requests) == [b"%d" % i for i in range(7)]
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_two_replicas_serve_and_report_together(sid_bundle: Path, redis_url: str) -> None:
+    with procs.Service(sid_bundle, redis_url, replicas=2) as svc:
+        assert len(set(svc.ports)) == 2 and svc.cpu_s() is not None
+
+        async def fetch(n: int) -> list[int]:
+            pool = pool_for(svc.ports)
+            assert isinstance(pool, SpreadPool)
+            done: asyncio.Queue[int] = asyncio.Queue()
+            request = encode_request("POST", "/v1/features", svc.target, b'{"candidates": ["never-written"]}')
+            await pool.warm(2)
+            for _ in range(n):
+                pool.submit(request, lambda status, *_: done.put_nowait(status))
+            statuses = [await asyncio.wait_for(done.get(), 10) for _ in range(n)]
+            assert all(p.opened >= 1 for p in pool.pools)  # both replicas were connected to
+            pool.close()
+            return statuses
+
+        assert asyncio.run(fetch(10)) == [200] * 10
+        for port in svc.ports:  # each replica's /metrics counts the other's requests too
+            status, body = svc.get("/metrics", base=f"http://127.0.0.1:{port}")
+            counts = promparse.counter_by_label(body.decode(), "sidserve_requests_total", "endpoint")
+            assert status == 200 and counts.get("/v1/features") == 10, counts
