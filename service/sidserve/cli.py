@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         env = ENV_PREFIX + name.upper()
-        help_text = f"{field.description} [{env}]"
+        help_text = f"{field.description} [{env}]".replace("%", "%%")  # argparse formats help with %
         if field.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
