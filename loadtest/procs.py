@@ -123,7 +123,6 @@ class Service:
         exe = shutil.which("sidserve", path=str(Path(sys.executable).parent)) or shutil.which("sidserve")
         cmd = [exe] if exe else [sys.executable, "-m", "sidserve.cli"]
         cmd += ["--bundle", str(bundle), "--redis-url", redis_url, "--host", "127.0.0.1", "--workers", str(workers)]
-        self.workers, self.replicas = workers, replicas
         self.base = f"http://127.0.0.1:{self.port}"
         t0 = time.monotonic()
         with self.log.open("wb") as log:  # the replicas' output, interleaved
