@@ -3,6 +3,7 @@ talk real HTTP to it, and Redis is the real one from redis_fixtures."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ class LiveService:
     url: str
     app: FastAPI
     settings: Settings
+    loop: asyncio.AbstractEventLoop  # the server's event loop (its thread's)
     api_key: str = TEST_API_KEY
 
 
@@ -43,9 +45,10 @@ def serve(settings: Settings) -> Iterator[LiveService]:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the service did not start (see the log above)")
         time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    listener = server.servers[0]
+    port = listener.sockets[0].getsockname()[1]
     try:
-        yield LiveService(f"http://127.0.0.1:{port}", app, settings)
+        yield LiveService(f"http://127.0.0.1:{port}", app, settings, listener.get_loop())
     finally:
         server.should_exit = True
         thread.join(timeout=10)

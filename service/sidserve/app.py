@@ -28,6 +28,7 @@ from redis.asyncio.cluster import RedisCluster
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import bodies, codec, looplag, storage
+from .admission import Admission
 from .metrics import Metrics
 from .responses import INDEX, SID
 from .schemas import (
@@ -74,6 +75,11 @@ class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.admission = Admission(
+            settings.max_in_flight, settings.shed_loop_lag_ms / 1000, settings.retry_after_s,
+            on_shed=lambda path: self.metrics.requests_shed.labels(path).inc(),
+            on_limit=lambda bound: self.metrics.in_flight_limit.labels(bound.path, bound.method).set(bound.limit),
+        )  # fmt: skip
         self.registry: ModelRegistry | None = None
         self.redis: Redis | RedisCluster | None = None
         self._loop_lag: asyncio.Task[None] | None = None
@@ -91,7 +97,7 @@ class ServiceState:
         # A broken bundle stops the startup here with BundleError's message: fail fast, not at first request.
         self.registry = ModelRegistry(load_servings(s, self.redis, self._count_cache), self.redis, s, self.metrics)
         await self.registry.start()
-        self._loop_lag = asyncio.create_task(looplag.watch(self.metrics.loop_lag.observe))
+        self._loop_lag = asyncio.create_task(looplag.watch(self._observe_loop_lag))
         self.json_parser.start()
 
     def ready_registry(self) -> ModelRegistry:
@@ -107,6 +113,10 @@ class ServiceState:
             return self.registry.resolve(None) if self.registry is not None else None
         except NotReady:
             return None
+
+    def _observe_loop_lag(self, lag_s: float) -> None:
+        self.metrics.loop_lag.observe(lag_s)
+        self.admission.observe_loop_lag(lag_s)
 
     def _count_cache(self, hits: int, misses: int) -> None:
         self.metrics.cache_hits.inc(hits)
@@ -166,8 +176,9 @@ _E422 = {"description": "Validation Error (the index of a bad item is in `loc`).
          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}}
 _E413 = {"model": ErrorOut, "description": "Request body larger than the configured limit (SIDSERVE_MAX_BODY_BYTES)."}
 _E503 = _retry_after_header(
-    "Redis unreachable, no model loaded, or the route's requests in flight in this process at the limit "
-    "(SIDSERVE_MAX_IN_FLIGHT); retry after Retry-After seconds, or on another replica."
+    "Redis unreachable, no model loaded, or the route's requests in flight in this process at their bound "
+    "(SIDSERVE_MAX_IN_FLIGHT, lower while its event loop runs late); retry after Retry-After seconds, or on "
+    "another replica."
 )
 _E404 = {"model": ErrorOut, "description": "No SID stored for this item under the requested (or active) model version."}
 _E409 = {"model": ErrorOut, "description": "The version is the active one: activate another version first."}
@@ -259,7 +270,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _configure_logging(settings.log_level)
     state = ServiceState(settings)
     # No key and no SIDSERVE_ALLOW_UNAUTHENTICATED: SecurityConfigError, no start.
-    guard = Guard(settings, on_shed=lambda path: state.metrics.requests_shed.labels(path).inc())
+    guard = Guard(settings, state.admission)
     write_access, read_access = guard.dependencies()
     writes = {"dependencies": [Depends(write_access)], "responses": guard.responses(protected=True)}
     reads = {"dependencies": [Depends(read_access)], "responses": guard.responses(protected=settings.protect_reads)}

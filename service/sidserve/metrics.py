@@ -48,9 +48,15 @@ class Metrics:
         )  # fmt: skip
         self.requests_shed = Counter(
             "sidserve_requests_shed_total",
-            "Requests answered 503 at once because their route already had SIDSERVE_MAX_IN_FLIGHT requests "
-            "in flight in this process (load shedding; sidserve.admission).",
+            "Requests answered 503 at once because their route already had its bound of requests in flight "
+            "in this process (load shedding; sidserve.admission).",
             ["endpoint"], registry=r,
+        )  # fmt: skip
+        self.in_flight_limit = Gauge(
+            "sidserve_in_flight_limit",
+            "Each API route's in-flight bound in each process now: SIDSERVE_MAX_IN_FLIGHT, lower while that "
+            "process's event loop runs late (adaptive load shedding; sidserve.admission).",
+            ["endpoint", "method"], registry=r, multiprocess_mode="liveall",
         )  # fmt: skip
         self.redis_errors = Counter(
             "sidserve_redis_errors_total", "Redis calls that failed (unreachable, timeout, refused).",

@@ -44,7 +44,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import Response
 
-from .admission import InFlightLimit
+from .admission import Admission
 from .keys import SecurityConfigError, configured_keys, env_keys, key_digest, read_keys_file
 from .schemas import ErrorOut
 from .settings import Settings
@@ -109,7 +109,7 @@ def _unauthorized(message: str) -> HTTPException:
 class Guard:
     """The app's key set, rate limiter and in-flight bound; `write` and `read` are its route dependencies."""
 
-    def __init__(self, settings: Settings, on_shed: Callable[[str], None] = lambda path: None) -> None:
+    def __init__(self, settings: Settings, admission: Admission | None = None) -> None:
         self._digests = configured_keys(settings)
         self._env_digests = [key_digest(k) for k in env_keys(settings)]
         self._file = settings.api_keys_file
@@ -117,7 +117,9 @@ class Guard:
         self._file_checked = time.monotonic()
         self.protect_reads = settings.protect_reads
         self.limiter = RateLimiter(settings.rate_limit_per_s, max(1.0, settings.rate_limit_burst))
-        self.max_in_flight, self.retry_after_s, self.on_shed = settings.max_in_flight, settings.retry_after_s, on_shed
+        self.admission = admission or Admission(
+            settings.max_in_flight, settings.shed_loop_lag_ms / 1000, settings.retry_after_s
+        )  # the app passes the one its event-loop lag samples adapt
         if not self._digests:
             log.warning(
                 "NO AUTHENTICATION: no API key configured and SIDSERVE_ALLOW_UNAUTHENTICATED=true; "
@@ -185,10 +187,6 @@ class Guard:
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )  # fmt: skip
 
-    def in_flight_limit(self, methods: str, path: str) -> InFlightLimit:
-        """A new bound on a route's requests in flight (one per guarded route); sheds call on_shed(path)."""
-        return InFlightLimit(f"{methods} {path}", self.max_in_flight, self.retry_after_s, lambda: self.on_shed(path))
-
     def dependencies(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
         """(write, read) dependencies. Only the protected ones declare the bearer scheme, so
         OpenAPI shows a lock exactly where a key is needed."""
@@ -241,7 +239,7 @@ class GuardedRoute(APIRoute):
         """`handler` behind the guard's check and this route's in-flight bound."""
         guard: Guard = guard_dep.guard  # type: ignore[attr-defined]
         protected: bool = guard_dep.protected  # type: ignore[attr-defined]
-        in_flight = guard.in_flight_limit("/".join(sorted(self.methods)), self.path)
+        in_flight = guard.admission.bound("/".join(sorted(self.methods)), self.path)
 
         async def guarded(request: Request) -> Response:
             credentials = await _bearer(request) if protected else None

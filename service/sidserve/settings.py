@@ -166,6 +166,14 @@ class Settings(BaseSettings):
         "Retry-After at once, before the body is read (sidserve.admission). Health, readiness and metrics are "
         "not bounded. 0 = no bound (an overloaded worker then queues every request until Redis calls time out).",
     )
+    shed_loop_lag_ms: NonNegativeFloat = Field(
+        default=5.0,
+        description="Adaptive load shedding: once this process's event loop has woken more than this late 4 "
+        "times in a row (sampled every 50 ms), every route's in-flight bound drops by a quarter at each further "
+        "late sample (1 at least); once it has woken on time 4 times in a row, the bound rises by one at each "
+        "further sample, up to SIDSERVE_MAX_IN_FLIGHT (sidserve.admission). 0 = the bound stays at "
+        "SIDSERVE_MAX_IN_FLIGHT.",
+    )
     max_body_bytes: PositiveInt = Field(
         default=32 * 1024 * 1024, description="Larger request bodies are refused with 413."
     )
