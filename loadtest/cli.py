@@ -32,10 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench", help="the Redis floor vs no-op endpoint vs features endpoint, same run and keys")
     b.add_argument("--quick", action="store_true", help="100k items, 10 s per point (default: 1M items, 60 s)")
     b.add_argument("--workers", type=int, default=1, help="uvicorn workers per replica")
-    b.add_argument("--replicas", type=int, default=1,
-                   help="service processes on their own ports, requests spread over them")
+    b.add_argument("--replicas", type=int, default=2,
+                   help="service processes on their own ports, requests spread over them (default: the "
+                   "full profile's 2)")
     b.add_argument("--bundle", type=Path)
-    b.add_argument("--rate", type=float, default=200.0, help="requests/s of the HTTP points (open model)")
+    b.add_argument("--rate", type=float, default=500.0,
+                   help="requests/s of the HTTP points (open model; default: issue 4's target rate)")
     b.add_argument("--duration", type=float, help="seconds per point")
     b.add_argument("--items", type=int, help="corpus size")
     b.add_argument("--ids", type=int, action="append", choices=(1, 300, 1000),
