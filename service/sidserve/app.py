@@ -131,6 +131,7 @@ class ServiceState:
             await self.registry.stop()
         if self.redis is not None:
             await self.redis.aclose()
+        self.metrics.close()
 
 
 # Dependencies are async: FastAPI runs a sync one in the threadpool, two thread hops per request

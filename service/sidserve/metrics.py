@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 # Features answers take a fraction of a millisecond to a few: the default buckets start at 5 ms.
 # 50-100 us steps up to 1 ms, so a histogram_quantile (linear within a bucket) of a 0.3 ms p50
@@ -102,6 +102,12 @@ class Metrics:
             "k > 0 (another item already had the same full SID). Collision rate = the true share.",
             ["model_version", "collision"], registry=r,
         )  # fmt: skip
+
+    def close(self) -> None:
+        """At this process's exit: drop its per-process gauges (sidserve_in_flight_limit) from the
+        multiprocess view, so /metrics of the other workers stops listing a process that is gone."""
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            mark_process_dead(os.getpid())
 
     def render(self) -> bytes:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:

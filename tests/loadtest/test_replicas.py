@@ -4,6 +4,7 @@ replica covers all (procs.Service, rawhttp.SpreadPool)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from pathlib import Path
 
@@ -55,3 +56,21 @@ def test_two_replicas_serve_and_report_together(sid_bundle: Path, redis_url: str
             status, body = svc.get("/metrics", base=f"http://127.0.0.1:{port}")
             counts = promparse.counter_by_label(body.decode(), "sidserve_requests_total", "endpoint")
             assert status == 200 and counts.get("/v1/features") == 10, counts
+        # The in-flight bound is a per-process gauge: one series per live replica, and a replica
+        # that exits takes its series with it.
+        assert len(_features_bound_pids(svc, svc.ports[0])) == 2
+        svc.procs[1].terminate()
+        svc.procs[1].wait(timeout=30)
+        assert _features_bound_pids(svc, svc.ports[0]) == {str(svc.procs[0].pid)}
+
+
+def _features_bound_pids(svc: procs.Service, port: int) -> set[str]:
+    """The pids whose sidserve_in_flight_limit of POST /v1/features is on a replica's /metrics."""
+    status, body = svc.get("/metrics", base=f"http://127.0.0.1:{port}")
+    assert status == 200
+    series = re.findall(r'^sidserve_in_flight_limit\{([^}]*)\} (\S+)$', body.decode(), re.M)
+    return {
+        re.search(r'pid="(\d+)"', labels).group(1)  # type: ignore[union-attr]
+        for labels, value in series
+        if 'endpoint="/v1/features"' in labels and float(value) == 32
+    }
