@@ -162,7 +162,8 @@ class Settings(BaseSettings):
     )
     max_in_flight: NonNegativeInt = Field(
         default=32,
-        description="Load shedding: requests one route may have in flight in one process; beyond, 503 with "
+        description="Load shedding: requests one route may have in flight in one process, at most (the bound "
+        "drops while the event loop runs late: SIDSERVE_SHED_LOOP_LAG_MS); beyond, 503 with "
         "Retry-After at once, before the body is read (sidserve.admission). Health, readiness and metrics are "
         "not bounded. 0 = no bound (an overloaded worker then queues every request until Redis calls time out).",
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -53,15 +54,26 @@ def test_two_replicas_serve_and_report_together(sid_bundle: Path, redis_url: str
 
         assert asyncio.run(fetch(10)) == [200] * 10
         for port in svc.ports:  # each replica's /metrics counts the other's requests too
-            status, body = svc.get("/metrics", base=f"http://127.0.0.1:{port}")
-            counts = promparse.counter_by_label(body.decode(), "sidserve_requests_total", "endpoint")
-            assert status == 200 and counts.get("/v1/features") == 10, counts
+            assert _features_counted(svc, port) == 10
         # The in-flight bound is a per-process gauge: one series per live replica, and a replica
         # that exits takes its series with it.
         assert len(_features_bound_pids(svc, svc.ports[0])) == 2
         svc.procs[1].terminate()
         svc.procs[1].wait(timeout=30)
         assert _features_bound_pids(svc, svc.ports[0]) == {str(svc.procs[0].pid)}
+
+
+def _features_counted(svc: procs.Service, port: int) -> float:
+    """POST /v1/features requests on a replica's /metrics, once all 10 are there (a request is
+    counted just after its answer is sent, so the client can ask before the last count lands)."""
+    deadline = time.monotonic() + 5
+    while True:
+        status, body = svc.get("/metrics", base=f"http://127.0.0.1:{port}")
+        assert status == 200
+        count = promparse.counter_by_label(body.decode(), "sidserve_requests_total", "endpoint").get("/v1/features", 0)
+        if count >= 10 or time.monotonic() > deadline:
+            return count
+        time.sleep(0.05)
 
 
 def _features_bound_pids(svc: procs.Service, port: int) -> set[str]:
