@@ -15,7 +15,8 @@ class Scenario:
     history: int = 100
     batch: int = 100  # items per upload_batch request
     fetch_share: float = 0.95  # mix: share of fetches (the rest are uploads)
-    mix_upload: str = "upload_single"  # mix: upload_single | upload_batch (of `batch` items, JSON body)
+    mix_upload: str = "upload_single"  # mix: upload_single | upload_batch (of `batch` items)
+    batch_body: str = "json"  # upload_batch bodies: json | binary (application/x-sidserve-embeddings)
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,12 @@ FULL = Profile(
         Scenario("mix_zipf", "mix", 500),
         # JSON batches of 1,000 items (2.5 a second) reaching the workers that serve the fetches
         Scenario("mix_batch_zipf", "mix", 500, batch=1000, fetch_share=0.995, mix_upload="upload_batch"),
+        # The same with binary batch bodies: no JSON parse beside the fetches (README's advice)
+        Scenario("mix_batch_binary_zipf", "mix", 500, batch=1000, fetch_share=0.995, mix_upload="upload_batch",
+                 batch_body="binary"),
         # Overload (~1.5x what a 2-core machine serves): the service must shed the excess and keep
-        # what it admits fast (SIDSERVE_MAX_IN_FLIGHT). Last: it leaves a backlog behind.
+        # what it admits fast (SIDSERVE_MAX_IN_FLIGHT, lowered while the loop runs late). Last: it
+        # leaves a backlog behind.
         _fetch("fetch_300_uniform_overload", 1500, "uniform"),
     ),
 )  # fmt: skip

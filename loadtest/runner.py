@@ -45,13 +45,14 @@ def build_kinds(sc: Scenario, host: str, n_requests: int, n_items: int, src: cor
         )
 
     def upload_kind(kind: str) -> driver.RequestKind:
-        frags = workload.embedding_fragments(src.rows(0, 1000, salt=seed + 1))
+        rows = src.rows(0, 1000, salt=seed + 1)
         if kind == "upload_single":
+            frags = workload.embedding_fragments(rows)
             return driver.RequestKind("upload_single", workload.upload_single_maker(host, frags, f"{run_tag}-{sc.name}-"),
                                       check=workload.upload_check(1))
-        return driver.RequestKind(f"upload_batch_{sc.batch}",
-                                  workload.upload_batch_maker(host, frags, f"{run_tag}-{sc.name}-", sc.batch),
-                                  check=workload.upload_check(sc.batch), items_per_request=sc.batch)
+        make = workload.upload_batch_maker(host, rows, f"{run_tag}-{sc.name}-", sc.batch, sc.batch_body == "binary")
+        return driver.RequestKind(f"upload_batch_{sc.batch}", make, check=workload.upload_check(sc.batch),
+                                  items_per_request=sc.batch)
 
     if sc.kind == "fetch":
         kinds = [fetch_kind()]

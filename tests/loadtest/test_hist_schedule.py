@@ -14,6 +14,7 @@ pytest.importorskip("hdrh")
 
 from loadtest import driver, rawhttp, schedule, workload  # noqa: E402
 from loadtest.hist import LatencyHistogram, bucket_quantile  # noqa: E402
+from sidserve import codec  # noqa: E402
 
 
 def exact_percentile(values: np.ndarray, p: float) -> float:
@@ -182,11 +183,18 @@ def test_chunked_response_is_parsed():
 
 
 def test_batch_requests_carry_their_own_ids() -> None:
-    frags = workload.embedding_fragments(np.arange(12, dtype=np.float32).reshape(4, 3))
-    make = workload.upload_batch_maker("h", frags, "run-", 3)
+    rows = np.arange(12, dtype=np.float32).reshape(4, 3)
+    make = workload.upload_batch_maker("h", rows, "run-", 3)
+    binary = workload.upload_batch_maker("h", rows, "run-", 3, binary=True)
     for i in (0, 1, 41):
+        expected_ids = [f"run-{n:012d}" for n in range(3 * i, 3 * i + 3)]
         head, body = make(i).split(b"\r\n\r\n", 1)
         assert f"Content-Length: {len(body)}\r\n".encode() in head + b"\r\n"
         items = orjson.loads(body)["items"]
-        assert [it["item_id"] for it in items] == [f"run-{n:012d}" for n in range(3 * i, 3 * i + 3)]
+        assert [it["item_id"] for it in items] == expected_ids
         assert [it["embedding"] for it in items] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+
+        head, body = binary(i).split(b"\r\n\r\n", 1)  # read back by the service's own decoder
+        assert f"Content-Type: {codec.EMBEDDINGS_MEDIA_TYPE}\r\n".encode() in head + b"\r\n"
+        ids, x = codec.decode_embeddings(body, dim=3, max_items=10, max_id_bytes=64)
+        assert ids == expected_ids and x.tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
