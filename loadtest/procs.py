@@ -123,7 +123,7 @@ class Service:
         exe = shutil.which("sidserve", path=str(Path(sys.executable).parent)) or shutil.which("sidserve")
         cmd = [exe] if exe else [sys.executable, "-m", "sidserve.cli"]
         cmd += ["--bundle", str(bundle), "--redis-url", redis_url, "--host", "127.0.0.1", "--workers", str(workers)]
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = f"http://127.0.0.1:{self.ports[0]}"  # get()'s default: the first replica
         t0 = time.monotonic()
         with self.log.open("wb") as log:  # the replicas' output, interleaved
             self.procs = [subprocess.Popen(cmd + ["--port", str(port)], env=full_env, stdout=log,
@@ -138,11 +138,6 @@ class Service:
             raise
         self.ready_s = time.monotonic() - t0  # until every replica is ready
 
-    @property
-    def port(self) -> int:
-        """The first replica's port."""
-        return self.ports[0]
-
     def cpu_s(self) -> float | None:
         """CPU seconds used so far by the service's processes (None where /proc is missing)."""
         used = [process_tree_cpu_s(proc.pid) for proc in self.procs]
@@ -152,7 +147,7 @@ class Service:
     def target(self):
         from .rawhttp import Target
 
-        return Target(f"127.0.0.1:{self.port}", {"Authorization": f"Bearer {self.api_key}"})
+        return Target(f"127.0.0.1:{self.ports[0]}", {"Authorization": f"Bearer {self.api_key}"})
 
     def get(self, path: str, timeout: float = 5.0, base: str | None = None) -> tuple[int, bytes]:
         """GET from the first replica (or from `base`)."""

@@ -109,7 +109,7 @@ def _unauthorized(message: str) -> HTTPException:
 class Guard:
     """The app's key set, rate limiter and in-flight bound; `write` and `read` are its route dependencies."""
 
-    def __init__(self, settings: Settings, admission: Admission | None = None) -> None:
+    def __init__(self, settings: Settings, admission: Admission) -> None:
         self._digests = configured_keys(settings)
         self._env_digests = [key_digest(k) for k in env_keys(settings)]
         self._file = settings.api_keys_file
@@ -117,9 +117,7 @@ class Guard:
         self._file_checked = time.monotonic()
         self.protect_reads = settings.protect_reads
         self.limiter = RateLimiter(settings.rate_limit_per_s, max(1.0, settings.rate_limit_burst))
-        self.admission = admission or Admission(
-            settings.max_in_flight, settings.shed_loop_lag_ms / 1000, settings.retry_after_s
-        )  # the app passes the one its event-loop lag samples adapt
+        self.admission = admission  # the route bounds, adapted by the app's event-loop lag samples
         if not self._digests:
             log.warning(
                 "NO AUTHENTICATION: no API key configured and SIDSERVE_ALLOW_UNAUTHENTICATED=true; "

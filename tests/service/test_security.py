@@ -12,6 +12,7 @@ import pytest
 from service_fixtures import LiveService, serve, service_settings
 
 from sidserve import keys, security
+from sidserve.admission import Admission
 from sidserve.security import RateLimiter
 from sidserve_client import RateLimited, RetryPolicy, SidServeClient, Unauthorized
 
@@ -165,7 +166,7 @@ def test_a_direct_route_refuses_what_it_would_skip() -> None:
 
     from sidserve.settings import Settings
 
-    _, read_access = security.Guard(Settings(allow_unauthenticated=True)).dependencies()
+    _, read_access = security.Guard(Settings(allow_unauthenticated=True), Admission(0, 0, 1)).dependencies()
     router = APIRouter(route_class=security.DirectRoute)
 
     async def endpoint(request: Request) -> Response:
