@@ -85,7 +85,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     _write_json(args.json, result)
     for key in ("parity", "parity_boundary"):
         p = result[key]
-        print(f"{key}: {p['agree']}/{p['n']} rows agree ({p['agreement']:.4%})")
+        print(
+            f"{key}: {p['agree']}/{p['n']} rows agree ({p['agreement']:.4%}); torch coded"
+            f" {p['torch_batch_dependent_rows']} of them differently inside its batch than alone"
+        )
+    b = result["batch_invariance"]
+    print(f"batch_invariance: {b['agree']}/{b['n']} rows get the same codes alone as in one batch")
     for lat in result["latency_cpu"]:
         print(
             f"onnxruntime CPU batch {lat['batch']}: median {lat['median_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms"
@@ -189,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser(
         "verify",
-        help="torch vs onnxruntime code agreement and ORT CPU latency",
+        help="torch vs onnxruntime code agreement, the graph's batch invariance, ORT CPU latency",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     v.add_argument("--bundle", required=True)

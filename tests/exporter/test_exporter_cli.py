@@ -66,6 +66,7 @@ def test_train_export_verify_report(files, capsys):
         )
         v = json.loads((tmp / f"verify_{name}.json").read_text())
         assert v["ok"] and v["parity"]["n"] == 10_000 and v["parity"]["agree"] == 10_000
+        assert v["batch_invariance"]["agree"] == v["batch_invariance"]["n"] == 20_000
         assert [lat["batch"] for lat in v["latency_cpu"]] == [1, 1024]
         assert all(lat["median_ms"] > 0 for lat in v["latency_cpu"])
 
