@@ -59,8 +59,12 @@ def test_backfill_stores_the_encoder_sids_and_resumes(
     [checkpoint] = tmp_path.glob("corpus.npy.backfill-*.json")
     assert json.loads(checkpoint.read_text())["offset"] == 600
 
-    backfill([*common, "--json", str(tmp_path / "result.json")])  # the same command again: resumes
+    # The same command again resumes; each batch of 300 is written in Redis calls of <= 256 items.
+    fcalls = redis.Redis.from_url(redis_url).info("commandstats").get("cmdstat_fcall", {}).get("calls", 0)
+    backfill([*common, "--write-size", "256", "--json", str(tmp_path / "result.json")])
     assert "rows 600..2000 of 2000" in capsys.readouterr().out
+    calls = redis.Redis.from_url(redis_url).info("commandstats")["cmdstat_fcall"]["calls"] - fcalls
+    assert calls == 4 * 2 + 1  # 4 batches of 300 (256 + 44), then one of 200
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["done"] and result["statuses"] == {"created": 1400, "updated": 0, "unchanged": 0}
     codes, known = _stored(sid_bundle, redis_url, prefix, ids)
