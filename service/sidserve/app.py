@@ -173,7 +173,7 @@ def _retry_after_header(description: str) -> dict[str, Any]:
 
 _E400 = {"model": ErrorOut, "description": "The body could not be read as JSON text (e.g. not UTF-8)."}
 _E415 = {"model": ErrorOut, "description": "Content-Type is neither JSON nor the binary embeddings format."}
-_E422 = {"description": "Validation Error (the index of a bad item is in `loc`).",
+_E422 = {"description": "Validation Error: `loc` names the field (with a batch item's index).",
          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}}
 _E413 = {"model": ErrorOut, "description": "Request body larger than the configured limit (SIDSERVE_MAX_BODY_BYTES)."}
 _E503 = _retry_after_header(
@@ -191,10 +191,17 @@ def _features_openapi() -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
+def _item_openapi() -> dict[str, Any]:
+    """The request body of POST /v1/items (the handler reads the body itself); ItemIn is added to
+    the components by _document_item_body."""
+    schema = {"$ref": "#/components/schemas/ItemIn"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 def _batch_openapi() -> dict[str, Any]:
     """Both request bodies of POST /v1/items/batch (the handler reads the body itself)."""
     schema = ItemBatchIn.model_json_schema(ref_template="#/components/schemas/{model}")
-    schema.pop("$defs", None)  # ItemIn is in components already (POST /v1/items)
+    schema.pop("$defs", None)  # ItemIn is in the components (_document_item_body)
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": schema},
         codec.EMBEDDINGS_MEDIA_TYPE: {
@@ -331,7 +338,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         def register(endpoint: RouteHandler) -> RouteHandler:
             app.router.add_api_route(
                 path, endpoint, methods=["POST"], route_class_override=DirectRoute,
-                responses={413: _E413, 422: _E422, 503: _E503, **reads["responses"]},
+                responses={400: _E400, 413: _E413, 422: _E422, 503: _E503, **reads["responses"]},
                 dependencies=reads["dependencies"], openapi_extra=_features_openapi(), **options,
             )  # fmt: skip
             return endpoint
@@ -369,14 +376,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post(
         "/v1/items", response_model=ItemOut, tags=["items"],
-        responses={400: _E400, 413: _E413, 503: _E503, **writes["responses"]}, dependencies=writes["dependencies"],
-        summary="Create or update one item",
+        responses={400: _E400, 413: _E413, 422: _E422, 503: _E503, **writes["responses"]}, dependencies=writes["dependencies"],
+        openapi_extra=_item_openapi(), summary="Create or update one item",
     )  # fmt: skip
-    async def upsert_item(item: ItemIn, serving: Ready, registry: Models) -> Response:
+    async def upsert_item(request: Request, serving: Ready, registry: Models) -> Response:
         """Compute the item's SID from its embedding and store it. Idempotent: re-sending the same
         item answers `unchanged`; new content for a stored item replaces its SID (`updated`).
 
         With several model versions loaded, the item is stored under each (`other_versions`)."""
+        item = bodies.parse_item(await request.body())
         x = bodies.embeddings_array([item], serving.model.input_dim, batch=False)
         [answer] = await _upsert(registry, state.metrics, [item.item_id], x)
         return Response(orjson.dumps(answer), media_type="application/json")
@@ -521,7 +529,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(_Instrument, metrics=state.metrics)  # added last = outermost: times everything
+    _document_item_body(app)
     return app
+
+
+def _document_item_body(app: FastAPI) -> None:
+    """Put ItemIn in the OpenAPI components, where both upload routes' bodies refer to it: the
+    routes read their bodies themselves, so FastAPI never sees the model (FastAPI's documented
+    way to extend the schema: replace app.openapi)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = build()["components"]["schemas"]
+            schemas["ItemIn"] = ItemIn.model_json_schema(ref_template="#/components/schemas/{model}")
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class _BodyLimit:

@@ -163,6 +163,12 @@ def test_item_errors_name_field_and_problem(
 
     r = http.post("/v1/items", content=b'{"item_id": "a", "embedding": [1,', headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+    assert r.json()["detail"][0]["loc"] == ["body", 33]  # where the text ends
+    r = http.post("/v1/items", content=b'{"item_id": "\xff"}', headers={"content-type": "application/json"})
+    assert r.status_code == 400  # not UTF-8 (or -16/-32) text
+    utf16 = json.dumps({"item_id": "utf-16 item", "embedding": e}).encode("utf-16")
+    r = http.post("/v1/items", content=utf16, headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json()["item_id"] == "utf-16 item"
     utf16 = json.dumps({"items": [{"item_id": "utf-16 body", "embedding": e}]}).encode("utf-16")
     r = http.post("/v1/items/batch", content=utf16, headers={"content-type": "application/json"})
     assert r.status_code == 200 and r.json()["items"][0]["item_id"] == "utf-16 body"  # JSON may be UTF-16/32
@@ -274,6 +280,10 @@ def test_health_readiness_metrics_and_docs(http: httpx.Client, client: SidServeC
     spec = http.get("/openapi.json").json()
     paths = spec["paths"]
     assert set(paths["/v1/items/batch"]["post"]["responses"]) >= {"200", "413", "422", "503"}
+    assert set(paths["/v1/items"]["post"]["responses"]) >= {"200", "400", "413", "422", "503"}
+    item_body = paths["/v1/items"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert item_body == {"$ref": "#/components/schemas/ItemIn"}  # the handler reads the body itself
+    assert spec["components"]["schemas"]["ItemIn"]["required"] == ["item_id", "embedding"]
     assert set(paths["/v1/items/{item_id}"]["get"]["responses"]) >= {"200", "404", "422", "503"}
     assert set(paths["/v1/features"]["post"]["responses"]) >= {"200", "413", "422", "503"}
     assert "Retry-After" in paths["/v1/features"]["post"]["responses"]["503"]["headers"]
