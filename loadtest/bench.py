@@ -202,7 +202,7 @@ def main(args) -> int:
             mem[n] = rs.used_memory() - base
         report["redis_memory"] = {str(n): {"used_memory_delta_bytes": d, "bytes_per_item": round(d / n, 2)}
                                   for n, d in mem.items()}
-        print(f"[bench] Redis used_memory per item: "
+        print("[bench] Redis used_memory per item: "
               + ", ".join(f"{d / n:.1f} B over {n:,}" for n, d in mem.items()), flush=True)
 
         floor = {}

@@ -237,7 +237,7 @@ async def drive(
     while not all_done.done():
         try:
             await asyncio.wait_for(asyncio.shield(all_done), 0.25)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pool.expire(time.perf_counter())
     gen_cpu = time.process_time() - cpu0
     end = max(last_done[0], start + (offsets[-1] if n else 0.0))

@@ -197,7 +197,7 @@ class RawHttpPool:
         """Fail requests in flight longer than timeout_s (their connections are closed)."""
         n = 0
         while self.waiting and now - self.waiting[0][2] > self.timeout_s:  # never got a connection
-            _, cb, t_enq = self.waiting.popleft()
+            _, cb, _ = self.waiting.popleft()
             cb(0, b"", now, now, f"timeout: no free connection for {self.timeout_s} s")
             n += 1
         for conn in list(self.busy):
