@@ -30,6 +30,7 @@ from loadtest.profiles import FULL  # noqa: E402
 from loadtest.runner import write_json  # noqa: E402
 from sidserve.codec import EMBEDDINGS_MEDIA_TYPE, decode_embeddings, encode_embeddings  # noqa: E402
 
+
 def json_body(ids: list[str], x: np.ndarray) -> bytes:  # what the client sent before
     return orjson.dumps({"items": [{"item_id": i, "embedding": row} for i, row in zip(ids, x, strict=True)]},
                         option=orjson.OPT_SERIALIZE_NUMPY)

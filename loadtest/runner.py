@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import os
+import platform
 import time
 from dataclasses import asdict
 from pathlib import Path

@@ -16,7 +16,6 @@ from sidserve import codec
 from .rawhttp import encode_request
 
 
-
 def item_id(i: int) -> str:
     return f"item-{i:08d}"
 

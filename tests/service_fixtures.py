@@ -18,7 +18,6 @@ from fastapi import FastAPI
 from sidserve.app import create_app
 from sidserve.settings import Settings
 
-
 # The key the test services accept (SIDSERVE_API_KEYS); writes need it.
 TEST_API_KEY = "test-key-0123456789abcdef"
 AUTH = {"authorization": f"Bearer {TEST_API_KEY}"}

@@ -32,6 +32,7 @@ from .admission import Admission
 from .metrics import Metrics
 from .responses import INDEX, SID
 from .schemas import (
+    MAX_BATCH_ITEMS,
     MAX_ITEM_ID_BYTES,
     ActiveIn,
     ErrorOut,
@@ -39,7 +40,6 @@ from .schemas import (
     FeaturesIn,
     FeaturesOut,
     HealthOut,
-    MAX_BATCH_ITEMS,
     ItemBatchIn,
     ItemBatchOut,
     ItemId,

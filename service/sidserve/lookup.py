@@ -46,7 +46,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-
 from .features import FeatureConfig, feature_rows
 from .responses import Answer, AnswerLayout
 from .storage import SidStore

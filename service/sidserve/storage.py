@@ -114,8 +114,8 @@ from typing import Any, Literal
 
 import numpy as np
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
-from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError

@@ -6,7 +6,6 @@ import asyncio
 import uuid
 
 import numpy as np
-
 from decoded import decoded
 
 from sidserve.features import FeatureConfig, Parameterization, feature_rows

@@ -12,8 +12,16 @@ import pytest
 import redis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sidserve.storage import (
+    DEFAULT_FINGERPRINT_BYTES,
+    CallConnections,
+    LayoutMismatch,
+    SidStore,
+    StorageUnavailable,
+    code_dtype,
+    connect,
+)
 from sidserve.testing import RedisProcess
-from sidserve.storage import DEFAULT_FINGERPRINT_BYTES, CallConnections, LayoutMismatch, SidStore, StorageUnavailable, code_dtype, connect
 
 
 def _store(url: str, version: str = "0123456789abcdef", levels: int = 3, k: int = 16) -> SidStore:
