@@ -6,6 +6,7 @@ Corpus item i has ID `item_id(i)` (13 bytes). Popularity ranks are shuffled over
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -118,23 +119,20 @@ def upload_batch_maker(host: str, rows: np.ndarray, id_prefix: str, batch: int, 
     placeholder = f"{id_prefix}{0:0{ID_DIGITS}d}".encode()  # each item's ID, digits overwritten per request
     if binary:
         body = codec.encode_embeddings([placeholder.decode()] * batch, x)
-        content_type, first = codec.EMBEDDINGS_MEDIA_TYPE, body.index(placeholder)  # the IDs lie back to back
-        digits = [first + len(id_prefix.encode()) + j * len(placeholder) for j in range(batch)]
+        content_type = codec.EMBEDDINGS_MEDIA_TYPE
     else:
-        pre = b'{"item_id":"'
-        items = [pre + placeholder + b'","embedding":' + frag + b"}" for frag in embedding_fragments(x)]
+        items = [b'{"item_id":"' + placeholder + b'","embedding":' + frag + b"}" for frag in embedding_fragments(x)]
         body, content_type = b'{"items":[' + b",".join(items) + b"]}", "application/json"
-        at, digits = len(b'{"items":[') + len(pre) + len(id_prefix.encode()), []  # each item's ID digits
-        for item in items:
-            digits.append(at)
-            at += len(item) + 1  # the item and its comma
     template = encode_request("POST", "/v1/items/batch", host, body, content_type)
-    head = len(template) - len(body)
+    # Where each item's ID digits start, in either body format: after its placeholder's prefix.
+    digits = [m.start() + len(id_prefix.encode()) for m in re.finditer(re.escape(placeholder), template)]
+    if len(digits) != batch:
+        raise ValueError(f"found {len(digits)} ID placeholders for {batch} items (is {id_prefix!r} in the data?)")
 
     def make(i: int) -> bytes:
         request = bytearray(template)
         for j, at in enumerate(digits):
-            request[head + at : head + at + ID_DIGITS] = b"%0*d" % (ID_DIGITS, i * batch + j)
+            request[at : at + ID_DIGITS] = b"%0*d" % (ID_DIGITS, i * batch + j)
         return bytes(request)
 
     return make
