@@ -8,7 +8,7 @@ memory leaves Redis only the tail. A simulation of this cache on the load test's
 over 1M items at 75,000 lookups/s per worker (250 requests/s x 300 IDs) answered 63 / 68 / 74 /
 79 % of the IDs for a TTL of 1 / 2 / 5 / 10 s (the previous two-generation design: 62 / 67 / 73 /
 78 %); the full load test measured 74-79 % at 500-1,000 requests/s over 2 workers with the default
-5 s (README "Measured figures").
+5 s (loadtest/MEASUREMENTS.md).
 
 What is cached: an item's answer as the features endpoint serves it, pre-encoded as one JSON
 record (sidserve.responses: known, its L codes, its feature rows from `feature_rows`, the one
