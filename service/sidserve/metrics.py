@@ -8,6 +8,8 @@ all worker processes (prometheus-client's multiprocess mode).
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -111,7 +113,32 @@ class Metrics:
 
     def render(self) -> bytes:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            _forget_dead_processes(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w*?_(\d+)\.db")
+
+
+def _forget_dead_processes(directory: Path) -> None:
+    """Drop the per-process gauges of processes that no longer run. A worker that exits cleanly
+    drops its own (Metrics.close); one that was killed or crashed cannot, and prometheus-client
+    would list its last values on every scrape until the directory is wiped. Pids are checked on
+    this host: the directory must not be shared across hosts or PID namespaces (prometheus-client's
+    multiprocess mode assumes that too)."""
+    for pid in {int(m.group(1)) for f in directory.iterdir() if (m := _LIVE_GAUGE_FILE.fullmatch(f.name))}:
+        if not _running(pid):
+            mark_process_dead(pid, str(directory))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        pass
+    return True

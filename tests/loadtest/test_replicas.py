@@ -35,9 +35,9 @@ def test_requests_go_to_the_replicas_in_turn() -> None:
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
-def test_two_replicas_serve_and_report_together(sid_bundle: Path, redis_url: str) -> None:
-    with procs.Service(sid_bundle, redis_url, replicas=2) as svc:
-        assert len(set(svc.ports)) == 2 and svc.cpu_s() is not None
+def test_replicas_serve_and_report_together(sid_bundle: Path, redis_url: str) -> None:
+    with procs.Service(sid_bundle, redis_url, replicas=3) as svc:
+        assert len(set(svc.ports)) == 3 and svc.cpu_s() is not None
 
         async def fetch(n: int) -> list[int]:
             pool = pool_for(svc.ports)
@@ -55,11 +55,15 @@ def test_two_replicas_serve_and_report_together(sid_bundle: Path, redis_url: str
         assert asyncio.run(fetch(10)) == [200] * 10
         for port in svc.ports:  # each replica's /metrics counts the other's requests too
             assert _features_counted(svc, port) == 10
-        # The in-flight bound is a per-process gauge: one series per live replica, and a replica
-        # that exits takes its series with it.
-        assert len(_features_bound_pids(svc, svc.ports[0])) == 2
+        # The in-flight bound is a per-process gauge: one series per live replica. A replica that
+        # exits takes its series with it; so does one that is killed (it cannot clean up: the
+        # scrape drops the series of processes that no longer run).
+        assert len(_features_bound_pids(svc, svc.ports[0])) == 3
         svc.procs[1].terminate()
         svc.procs[1].wait(timeout=30)
+        assert _features_bound_pids(svc, svc.ports[0]) == {str(svc.procs[0].pid), str(svc.procs[2].pid)}
+        svc.procs[2].kill()
+        svc.procs[2].wait(timeout=30)
         assert _features_bound_pids(svc, svc.ports[0]) == {str(svc.procs[0].pid)}
 
 
