@@ -86,10 +86,10 @@ def mget_floor(url: str, codes: np.ndarray, sets: list[list[str]], iters: int, r
 
 def storage_read(url: str, m: dict, sets: list[list[str]], iters: int) -> dict:
     """The service's read path: sidserve.storage.SidStore.read (redis.asyncio), one coroutine."""
-    from sidserve import storage
+    from sidserve import redis_client, storage
 
     async def main() -> dict:
-        rc = storage.connect(url, 5.0, 5.0, 4)
+        rc = redis_client.connect(url, 5.0, 5.0, 4)
         store = storage.SidStore(rc, m["model_version"], m["levels"], m["codebook_size"])
         h = LatencyHistogram()
         try:

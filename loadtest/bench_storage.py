@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from sidserve.storage import READ_FUNCTION, SidStore, connect
+from sidserve.redis_client import connect
+from sidserve.storage import READ_FUNCTION, SidStore
 from sidserve.testing import RedisProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -94,12 +94,12 @@ def compute_codes(bundle: Path, source: EmbeddingSource, n: int, batch: int = 81
 def preload(redis_url: str, bundle: Path, codes: np.ndarray, key_prefix: str = "sid", chunk: int = 10_000,
             start: int = 0) -> float:
     """Write corpus items start..start+n-1 with their SIDs through sidserve.storage; returns seconds."""
-    from sidserve import storage
+    from sidserve import redis_client, storage
 
     m = manifest(bundle)
 
     async def main() -> None:
-        r = storage.connect(redis_url, 5.0, 60.0, 4)
+        r = redis_client.connect(redis_url, 5.0, 60.0, 4)
         store = storage.SidStore(r, m["model_version"], m["levels"], m["codebook_size"], key_prefix)
         try:
             for lo in range(0, len(codes), chunk):

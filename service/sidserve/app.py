@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import bodies, codec, looplag, storage
+from . import bodies, codec, looplag, redis_client
 from .admission import Admission
 from .metrics import Metrics
 from .responses import INDEX, SID
@@ -89,7 +89,7 @@ class ServiceState:
 
     async def open(self) -> None:
         s = self.settings
-        self.redis = storage.connect(
+        self.redis = redis_client.connect(
             s.redis_url, s.redis_connect_timeout, s.redis_socket_timeout, s.redis_max_connections, s.redis_cluster
         )
         if not s.bundle_paths:

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from redis.exceptions import RedisError
 
-from . import storage
+from . import redis_client, storage
 from .model import BundleError, SidModel
 from .settings import Settings
 from .storage import LayoutMismatch, SidStore, StorageUnavailable
@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     async def go() -> Result:
         # long reply timeout: big batch writes; on a cluster a batch that failed half-way is written
         # again when the run resumes (the same values: idempotent)
-        redis = storage.connect(args.redis_url, 5.0, 60.0, 4, cluster=args.redis_cluster)
+        redis = redis_client.connect(args.redis_url, 5.0, 60.0, 4, cluster=args.redis_cluster)
         try:
             try:
                 retired = await redis.hexists(storage.lifecycle_key(args.key_prefix), f"retired:{model.version}")

@@ -66,7 +66,7 @@ a restart that lost the data set, then the call is retried once):
 
 The per-process cache of hot items sits in front of this module (sidserve.lookup).
 
-Redis Cluster (SIDSERVE_REDIS_CLUSTER=true, `connect(cluster=True)`): the hash tag
+Redis Cluster (SIDSERVE_REDIS_CLUSTER=true, `redis_client.connect(cluster=True)`): the hash tag
 `{<version>:<group>}` maps a model version's buckets to 16 slots, so to at most 16 masters. One
 FCALL may only touch keys of one slot, so a read groups its IDs by group and sends one FCALL_RO
 per group (up to 16), pipelined per owning node, all nodes concurrently, and puts the answers
@@ -100,7 +100,8 @@ _write_indexed_groups draws k's first (HINCRBY, one call per counter group) and 
 k's stay unique per SID, but a draw that loses a race or a failure between the steps leaves an
 unused k (a gap).
 
-Nothing outside this module builds keys or decodes values (codec.py holds the byte encodings).
+Nothing outside this module builds keys or decodes values (codec.py holds the byte encodings,
+storage_library.lua the Redis Function library, redis_client.py the connections).
 """
 
 from __future__ import annotations
@@ -110,20 +111,17 @@ import hashlib
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from importlib import resources
 from typing import Any, Literal
 
 import numpy as np
-from redis.asyncio import BlockingConnectionPool, Connection, Redis
+from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import AbstractConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import codec
 from .codec import BitPacker, IdHasher
+from .redis_client import CallConnections, PackedArgs, resp_encoded
 
 log = logging.getLogger("sidserve")
 
@@ -138,176 +136,11 @@ _ADOPTABLE = ("bucket_bits", "fingerprint_bytes")
 GROUP_BITS = 4  # 16 hash-tag groups (Redis Cluster slots) per model version
 _KEY_TABLE_MAX_BITS = 16  # bucket keys are precomputed up to 65,536 buckets (~90 B each)
 
-_LIBRARY_TEMPLATE = """#!lua name=sidserve_{tag}
-
--- KEYS: the bucket of each ID; ARGV: fingerprints (f bytes each, concatenated), f, value width w.
--- Returns {{values (w bytes per ID, zeros when unknown), found ('1' or '0' per ID)}}.
-local function read(keys, args)
-  local fields, f, w = args[1], tonumber(args[2]), tonumber(args[3])
-  local zero = string.rep('\\0', w)
-  local values, found = {{}}, {{}}
-  local call, sub = redis.call, string.sub
-  for i = 1, #keys do
-    local v = call('HGET', keys[i], sub(fields, i * f - f + 1, i * f))
-    if v then
-      if #v ~= w then
-        return redis.error_reply('ERR sidserve: ' .. #v .. '-byte value in ' .. keys[i] .. ', expected ' .. w)
-      end
-      values[i] = v
-      found[i] = '1'
-    else
-      values[i] = zero
-      found[i] = '0'
-    end
-  end
-  return {{table.concat(values), table.concat(found)}}
-end
-
--- Update notices: a write may pass ARGV channel and the n items' IDs as records (2-byte
--- little-endian length, then the ID; codec.id_records). The records of the items whose stored
--- value changed ('u') are then PUBLISHed on the channel, in the same atomic call as the write.
--- Returns the n records, nil without a channel, false when they do not parse (checked before
--- anything is written: an error after a write would not undo it).
-local function id_records(channel, ids, n)
-  if not channel then return nil end
-  local records, pos = {{}}, 1
-  for i = 1, n do
-    local lo, hi = string.byte(ids, pos, pos + 1)
-    if not hi then return false end
-    local stop = pos + 1 + lo + 256 * hi
-    records[i] = string.sub(ids, pos, stop)
-    pos = stop + 1
-  end
-  if pos ~= #ids + 1 then return false end
-  return records
-end
-
-local function publish_updates(channel, records, status, n)
-  if not records then return end
-  local updated = {{}}
-  for i = 1, n do
-    if status[i] == 'u' then updated[#updated + 1] = records[i] end
-  end
-  -- pcall: the write is applied by now, so a refused notice (an ACL user without this channel)
-  -- must not turn it into an error; readers that cannot subscribe fall back to their short TTL.
-  if #updated > 0 then redis.pcall('PUBLISH', channel, table.concat(updated)) end
-end
-
--- KEYS: the bucket of each item; ARGV: fingerprints, values (w bytes each), f, w[, channel, IDs].
--- Returns one status per item: 'c' created, 'u' updated, 'n' unchanged. All or nothing: the first
--- pass only reads (a wrong key type fails there), the second only writes.
-local function write(keys, args)
-  local fields, values, f, w = args[1], args[2], tonumber(args[3]), tonumber(args[4])
-  local n = #keys
-  if #fields ~= n * f or #values ~= n * w then
-    return redis.error_reply('ERR sidserve: arguments do not match ' .. n .. ' keys')
-  end
-  local records = id_records(args[5], args[6], n)
-  if records == false then return redis.error_reply('ERR sidserve: malformed ID records') end
-  local status, pending = {{}}, {{}}
-  for i = 1, n do
-    local field = string.sub(fields, i * f - f + 1, i * f)
-    local new = string.sub(values, i * w - w + 1, i * w)
-    local slot = keys[i] .. '\\n' .. field
-    local old = pending[slot]
-    if old == nil then old = redis.call('HGET', keys[i], field) end
-    if not old then status[i] = 'c' elseif old == new then status[i] = 'n' else status[i] = 'u' end
-    pending[slot] = new
-  end
-  for i = 1, n do
-    if status[i] ~= 'n' then
-      redis.call('HSET', keys[i], string.sub(fields, i * f - f + 1, i * f), string.sub(values, i * w - w + 1, i * w))
-    end
-  end
-  publish_updates(args[5], records, status, n)
-  return table.concat(status)
-end
-
--- Collision index (SIDSERVE_COLLISION_INDEX): a value is the packed codes (w - 4 bytes), then k,
--- the item's collision index, uint32 little-endian. A counter bucket maps packed codes to the
--- next k of that SID (keys in the same {{version:group}} tag as the buckets).
-local function le32(k)
-  return string.char(k % 256, math.floor(k / 256) % 256, math.floor(k / 65536) % 256, math.floor(k / 16777216))
-end
-
--- KEYS: the bucket of each of the n items, then (single Redis) the counter bucket of each item's
--- SID; ARGV: fingerprints, values (w bytes each: codes, then a k used only without counter
--- keys), f, w[, channel, IDs] (update notices, as for write). An item whose stored codes equal the new ones keeps its value and k ('n'); any
--- other gets the SID counter's next k (or the k given) and 'c' / 'u'. Returns {{statuses, each
--- item's k (4 bytes)}}. All or nothing like write: the first pass only reads, the second writes.
-local function write_indexed(keys, args)
-  local fields, values, f, w = args[1], args[2], tonumber(args[3]), tonumber(args[4])
-  local sub, cw, n = string.sub, w - 4, #fields / f
-  local counters = #keys == 2 * n
-  if (#keys ~= n and not counters) or #values ~= n * w then
-    return redis.error_reply('ERR sidserve: arguments do not match ' .. #keys .. ' keys')
-  end
-  local records = id_records(args[5], args[6], n)
-  if records == false then return redis.error_reply('ERR sidserve: malformed ID records') end
-  local status, out, pending, next_k, drawn_by = {{}}, {{}}, {{}}, {{}}, {{}}
-  for i = 1, n do
-    local field = sub(fields, i * f - f + 1, i * f)
-    local new = sub(values, i * w - w + 1, i * w)
-    local codes = sub(new, 1, cw)
-    local slot = keys[i] .. '\\n' .. field
-    local old = pending[slot]
-    if old == nil then old = redis.call('HGET', keys[i], field) end
-    if old and #old ~= w then
-      return redis.error_reply('ERR sidserve: ' .. #old .. '-byte value in ' .. keys[i] .. ', expected ' .. w)
-    end
-    if old and sub(old, 1, cw) == codes then
-      status[i], out[i] = 'n', old
-    else
-      if old then status[i] = 'u' else status[i] = 'c' end
-      if counters then
-        local counter = keys[n + i] .. '\\n' .. codes
-        local k = next_k[counter]
-        if k == nil then k = tonumber(redis.call('HGET', keys[n + i], codes) or 0) end
-        if k >= 4294967296 then return redis.error_reply('ERR sidserve: collision index overflow') end
-        next_k[counter], drawn_by[counter] = k + 1, i
-        new = codes .. le32(k)
-      end
-      out[i] = new
-    end
-    pending[slot] = out[i]
-  end
-  local ks = {{}}
-  for i = 1, n do
-    if status[i] ~= 'n' then redis.call('HSET', keys[i], sub(fields, i * f - f + 1, i * f), out[i]) end
-    ks[i] = sub(out[i], cw + 1, w)
-  end
-  for counter, i in pairs(drawn_by) do
-    redis.call('HSET', keys[n + i], sub(out[i], 1, cw), string.format('%d', next_k[counter]))
-  end
-  publish_updates(args[5], records, status, n)
-  return {{table.concat(status), table.concat(ks)}}
-end
-
--- KEYS: the counter bucket of each SID (one slot); ARGV: the SIDs' packed codes (cw bytes each),
--- cw. Draws each SID's next k (HINCRBY: no two calls get the same k). Returns the k's, 4 bytes each.
-local function draw(keys, args)
-  local codes, cw = args[1], tonumber(args[2])
-  if #codes ~= #keys * cw then
-    return redis.error_reply('ERR sidserve: arguments do not match ' .. #keys .. ' keys')
-  end
-  local ks = {{}}
-  for i = 1, #keys do
-    local k = redis.call('HINCRBY', keys[i], string.sub(codes, i * cw - cw + 1, i * cw), 1) - 1
-    if k >= 4294967296 then return redis.error_reply('ERR sidserve: collision index overflow') end
-    ks[i] = le32(k)
-  end
-  return table.concat(ks)
-end
-
-redis.register_function{{function_name='sidserve_read_{tag}', callback=read, flags={{'no-writes'}}}}
-redis.register_function('sidserve_write_{tag}', write)
-redis.register_function('sidserve_write_indexed_{tag}', write_indexed)
-redis.register_function('sidserve_draw_{tag}', draw)
-"""
-# The library is named after its code: a changed script loads beside the old one (rolling
-# deploys), and loading the same code twice is a no-op.
+# The Lua library (storage_library.lua) is named after its code: a changed script loads beside
+# the old one (rolling deploys), and loading the same code twice is a no-op.
+_LIBRARY_TEMPLATE = resources.files(__package__).joinpath("storage_library.lua").read_text(encoding="utf-8")
 LIBRARY_TAG = hashlib.sha256(_LIBRARY_TEMPLATE.encode()).hexdigest()[:12]
-LIBRARY_CODE = _LIBRARY_TEMPLATE.format(tag=LIBRARY_TAG)
+LIBRARY_CODE = _LIBRARY_TEMPLATE.replace("__TAG__", LIBRARY_TAG)
 READ_FUNCTION = f"sidserve_read_{LIBRARY_TAG}"
 WRITE_FUNCTION = f"sidserve_write_{LIBRARY_TAG}"
 WRITE_INDEXED_FUNCTION = f"sidserve_write_indexed_{LIBRARY_TAG}"
@@ -327,190 +160,6 @@ class StorageUnavailable(Exception):
 
 class LayoutMismatch(RuntimeError):
     """Redis holds this model version's SIDs in a layout this code does not read."""
-
-
-class PackedArgs:
-    """Several command arguments already in RESP form (b"$<len>\\r\\n<arg>\\r\\n" each), spliced
-    verbatim into the command by `_PrepackingConnection`."""
-
-    __slots__ = ("count", "resp")
-
-    def __init__(self, count: int, resp: bytes) -> None:
-        self.count, self.resp = count, resp
-
-
-class _PrepackingConnection(Connection):
-    """redis-py's TCP connection, plus PackedArgs.
-
-    redis-py packs a command argument by argument in Python, re-joining a growing buffer each
-    time: for a 300-key FCALL_RO that was a third of the features handler's time (pyinstrument).
-    The bucket keys' RESP encodings are precomputed instead, and a read's arguments become one
-    b"".join. Commands without PackedArgs are packed by redis-py as usual.
-    """
-
-    packs_prepacked = True
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        if not any(isinstance(a, PackedArgs) for a in args):
-            return super().pack_command(*args)
-        count = sum(a.count if isinstance(a, PackedArgs) else 1 for a in args)
-        parts = [b"*%d\r\n" % count]
-        for arg in args:
-            if isinstance(arg, PackedArgs):
-                parts.append(arg.resp)
-            else:
-                encoded = self.encoder.encode(arg)
-                parts += (b"$%d\r\n" % len(encoded), encoded, b"\r\n")
-        return [b"".join(parts)]
-
-
-def _resp(arg: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(arg), arg)
-
-
-class _SidCluster(RedisCluster):
-    """redis-py's asyncio cluster client, routing FCALL/FCALL_RO by their first key locally.
-
-    redis-py finds the keys of a command with "movable keys" (FCALL) by asking a node
-    (COMMAND GETKEYS): one more round trip per call. Every sidserve call passes keys of one hash
-    tag (one slot; Redis refuses a CROSSSLOT call anyway), so the first key's slot is the call's.
-    """
-
-    async def _determine_slot(self, command: str, *args: Any) -> int:
-        if command.upper() in ("FCALL", "FCALL_RO") and len(args) > 2 and int(args[1]) > 0:
-            return self.keyslot(args[2])
-        return await super()._determine_slot(command, *args)
-
-
-async def _exchange(conn: AbstractConnection, packed: list[bytes]) -> Any:
-    """Send one packed command and read its reply; a connection error is retried once at once on a
-    new connection (a connection that died with a Redis restart), like connect()'s
-    Retry(NoBackoff(), 1). redis-py drops the connection of a command that failed or was cancelled
-    mid-flight, so its reply cannot reach the next command."""
-    try:
-        await conn.send_packed_command(packed, check_health=False)
-        return await conn.read_response()
-    except RedisConnectionError:
-        await conn.disconnect()
-        await conn.send_packed_command(packed, check_health=False)  # reconnects
-        return await conn.read_response()
-
-
-class CallConnections:
-    """The connections of SidStore's function calls (every SID read and write): idle ones are
-    reused last in, first out, and at most `size` are busy at once. Each call ends within
-    `timeout` (the socket timeout), waiting for a free connection included; then it fails with
-    redis-py's TimeoutError, which SidStore reports as StorageUnavailable (a 503).
-
-    Why not the client's BlockingConnectionPool: its checkout takes a condition, a lock, a timeout
-    scope, a probe of the socket for unread data and observability timing, and its release a lock
-    and an event dispatch. An FCALL_RO took 28-40 us less back to back and 60-95 us less with a
-    2 ms pause before each call (1 and 55 IDs; the two interleaved in one process), on a features
-    request of ~0.8 ms in-process. The probe is not needed here: a connection comes back only after
-    a whole command/reply exchange, or dropped by redis-py (then it reconnects on its next use).
-
-    Why one deadline per call instead of redis-py's socket timeout: redis-py bounds a send with
-    asyncio.wait_for (a task per command) and a read with a timeout scope of its own. The
-    connections made here have no socket timeout; one asyncio.timeout covers the call: 10-50 us
-    less per FCALL_RO with a 2 ms pause before each call (same benchmark).
-    """
-
-    def __init__(self, make_connection: Callable[[], AbstractConnection], size: int, timeout: float | None) -> None:
-        self._make, self._timeout = make_connection, timeout
-        self._idle: list[AbstractConnection] = []
-        self._made: list[AbstractConnection] = []  # every connection, for aclose()
-        self._size = size
-        self._free = asyncio.Semaphore(size)
-
-    async def execute(self, command: tuple[Any, ...]) -> Any:
-        got_connection = False
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._free.acquire()  # returns at once unless all are busy
-                got_connection = True
-                try:
-                    conn = self._idle.pop() if self._idle else self._new()
-                    try:
-                        return await _exchange(conn, conn.pack_command(*command))
-                    finally:  # a cancelled exchange left it disconnected: it reconnects on its next use
-                        self._idle.append(conn)
-                finally:
-                    self._free.release()
-        except TimeoutError as e:
-            if got_connection:
-                raise RedisTimeoutError(f"Timeout: no reply within {self._timeout} s") from e
-            # Seen in load tests when the worker, not Redis, was saturated: its replies waited unread.
-            raise RedisTimeoutError(
-                f"Timeout: no free connection within {self._timeout} s (all {self._size} busy: this process "
-                "is overloaded, or Redis is slow)"
-            ) from e
-
-    def _new(self) -> AbstractConnection:
-        conn = self._make()
-        self._made.append(conn)
-        return conn
-
-    async def aclose(self) -> None:
-        for conn in self._made:
-            await conn.disconnect()
-
-
-class SidRedis(Redis):
-    """redis-py's asyncio client, plus the connections of SidStore's function calls (`calls`: as
-    many as the pool's max_connections, made like the pool's but without a socket timeout, each call
-    bounded by `call_timeout` instead), closed with it. Every other command uses the client's pool."""
-
-    def __init__(self, *, call_timeout: float, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        pool = self.connection_pool
-        untimed = {**pool.connection_kwargs, "socket_timeout": None}
-        self.calls = CallConnections(lambda: pool.connection_class(**untimed), pool.max_connections, call_timeout)
-
-    async def aclose(self, close_connection_pool: bool | None = None) -> None:
-        await self.calls.aclose()
-        await super().aclose(close_connection_pool)
-
-
-def connect(
-    url: str, connect_timeout: float, socket_timeout: float, max_connections: int, cluster: bool = False
-) -> Redis | RedisCluster:
-    """An asyncio Redis client whose every call ends within bounded time.
-
-    One immediate retry on a connection error replaces a pooled connection that died (Redis
-    restarted) without failing the request; a down Redis still fails in ~2 connect attempts.
-    The pool blocks (up to socket_timeout) when all max_connections are busy, so a burst of
-    concurrent requests queues for a connection instead of failing with "Too many connections".
-    SidStore's function calls (all SID reads and writes) use the client's CallConnections, which
-    behave alike with up to max_connections of their own: a process may hold up to twice
-    max_connections connections to Redis.
-
-    cluster=True: a Redis Cluster client seeded by `url` (the other nodes are discovered), same
-    timeouts and one retry; max_connections is per node, and redis-py's cluster pools do not
-    block: a request beyond it fails (503). SidStore uses one connection per node per request.
-    """
-    if cluster:
-        return _SidCluster.from_url(
-            url,
-            socket_connect_timeout=connect_timeout,
-            socket_timeout=socket_timeout,
-            max_connections=max_connections,
-            retry=Retry(NoBackoff(), 1),
-            decode_responses=False,
-        )
-    # Plain TCP only: for rediss:// or unix:// redis-py picks its own connection class (then the
-    # store passes keys the ordinary way).
-    extra: dict[str, Any] = {"connection_class": _PrepackingConnection} if url.startswith("redis://") else {}
-    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
-    pool = BlockingConnectionPool.from_url(
-        url,
-        **extra,
-        socket_connect_timeout=connect_timeout,
-        socket_timeout=socket_timeout,
-        max_connections=max_connections,
-        timeout=socket_timeout,
-        retry=retry,
-    )
-    return SidRedis(connection_pool=pool, retry=retry, decode_responses=False, call_timeout=socket_timeout)
 
 
 def code_dtype(codebook_size: int) -> np.dtype:
@@ -566,7 +215,7 @@ class SidStore:
             [self.bucket_key(b) for b in range(1 << bits)] if bits <= _KEY_TABLE_MAX_BITS else None
         )
         # Keys pre-encoded for a connection that splices PackedArgs (read path); None: pass them plainly.
-        self._resp_table = list(map(_resp, self._key_table)) if self._key_table is not None and self._prepacking else None
+        self._resp_table = list(map(resp_encoded, self._key_table)) if self._key_table is not None and self._prepacking else None
 
     def bucket_key(self, bucket: int) -> bytes:
         return f"{self._prefix}:{{{self.model_version}:{bucket % self._groups:x}}}{bucket:x}".encode()
@@ -692,8 +341,9 @@ class SidStore:
             raise StorageUnavailable(operation, e) from e
 
     async def _execute(self, command: tuple[Any, ...]) -> Any:
-        """One command on a connection of the client's CallConnections (see there why), or through
-        redis-py's own execute_command for a client that connect() did not make."""
+        """One command on a connection of the client's CallConnections (sidserve.redis_client: see
+        there why), or through redis-py's own execute_command for a client that
+        redis_client.connect() did not make."""
         if self._calls is not None:
             return await self._calls.execute(command)
         return await self.redis.execute_command(*command)

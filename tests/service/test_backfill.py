@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import redis
 
-from sidserve import storage
+from sidserve import redis_client
 from sidserve.backfill import main as backfill
 from sidserve.model import SidModel
 from sidserve.storage import SidStore
@@ -34,7 +34,7 @@ def _stored(bundle: Path, redis_url: str, prefix: str, ids: list[str]) -> tuple[
     model = SidModel.load(bundle)
 
     async def read() -> tuple[np.ndarray, np.ndarray]:
-        redis = storage.connect(redis_url, 1.0, 10.0, 2)
+        redis = redis_client.connect(redis_url, 1.0, 10.0, 2)
         try:
             return await SidStore(redis, model.version, model.levels, model.codebook_size, prefix).read(ids)
         finally:
@@ -126,7 +126,7 @@ def test_backfill_with_collision_index_refuses_mismatch_and_retired_versions(
     model = SidModel.load(sid_bundle)
 
     async def read_k() -> np.ndarray:
-        client = storage.connect(redis_url, 1.0, 10.0, 2)
+        client = redis_client.connect(redis_url, 1.0, 10.0, 2)
         try:
             store = SidStore(client, model.version, model.levels, model.codebook_size, prefix, collision_index=True)
             return (await store.read_indexed(ids))[2]

@@ -19,7 +19,7 @@ import redis
 import redis.cluster
 from service_fixtures import TEST_API_KEY, LiveService, serve, service_settings
 
-from sidserve import storage
+from sidserve import redis_client
 from sidserve.storage import GROUP_BITS, SidStore
 from sidserve.testing import RedisClusterProcess
 from sidserve_client import SidServeClient
@@ -114,7 +114,7 @@ def test_functions_reload_on_the_node_that_lost_them(
     'function not found' on that node's groups, loads the library again and retries only them."""
 
     async def scenario() -> None:
-        r = storage.connect(redis_cluster_url, 0.5, 1.0, 8, cluster=True)
+        r = redis_client.connect(redis_cluster_url, 0.5, 1.0, 8, cluster=True)
         try:
             store = SidStore(r, f"test-{uuid.uuid4().hex[:12]}", levels=3, codebook_size=16)
             ids = [f"i{i}" for i in range(200)]
@@ -175,7 +175,7 @@ def test_backfill_writes_to_the_cluster(
     model = SidModel.load(sid_bundle)
 
     async def read() -> tuple[np.ndarray, np.ndarray]:
-        r = storage.connect(redis_cluster_url, 1.0, 10.0, 2, cluster=True)
+        r = redis_client.connect(redis_cluster_url, 1.0, 10.0, 2, cluster=True)
         try:
             return await SidStore(r, model.version, model.levels, model.codebook_size, prefix).read(ids)
         finally:

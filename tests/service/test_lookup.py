@@ -10,7 +10,8 @@ from decoded import decoded
 
 from sidserve.features import FeatureConfig, Parameterization, feature_rows
 from sidserve.lookup import FeatureLookup
-from sidserve.storage import SidStore, connect
+from sidserve.redis_client import connect
+from sidserve.storage import SidStore
 
 VERSION = "0123456789abcdef"
 FEATURES = FeatureConfig(Parameterization.PREFIX_NGRAM, codebook_size=16, levels=3, ngram=3, table_size=1_000_004)

@@ -23,7 +23,8 @@ from sidserve.features import FeatureConfig, Parameterization
 from sidserve.lookup import FeatureLookup
 from sidserve.metrics import Metrics
 from sidserve.notices import UpdateFollower
-from sidserve.storage import WRITE_FUNCTION, SidStore, connect
+from sidserve.redis_client import connect
+from sidserve.storage import WRITE_FUNCTION, SidStore
 from sidserve.testing import RedisProcess
 
 VERSION = "0123456789abcdef"

@@ -12,14 +12,13 @@ import pytest
 import redis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sidserve.redis_client import CallConnections, connect
 from sidserve.storage import (
     DEFAULT_FINGERPRINT_BYTES,
-    CallConnections,
     LayoutMismatch,
     SidStore,
     StorageUnavailable,
     code_dtype,
-    connect,
 )
 from sidserve.testing import RedisProcess
 
@@ -317,7 +316,7 @@ def test_a_burst_beyond_the_pool_size_queues_instead_of_failing(redis_url: str) 
     """More concurrent commands than pooled connections wait for a free one (no 'Too many connections')."""
     import asyncio
 
-    from sidserve.storage import connect
+    from sidserve.redis_client import connect
 
     async def burst() -> list[bool]:
         client = connect(redis_url, connect_timeout=0.5, socket_timeout=1.0, max_connections=4)

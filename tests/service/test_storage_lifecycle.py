@@ -13,7 +13,8 @@ import redis
 import redis.cluster
 
 from sidserve import storage
-from sidserve.storage import INDEX_BYTES, LayoutMismatch, SidStore, connect
+from sidserve.redis_client import connect
+from sidserve.storage import INDEX_BYTES, LayoutMismatch, SidStore
 
 Client = redis.Redis | redis.cluster.RedisCluster
 
