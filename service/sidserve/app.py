@@ -12,7 +12,6 @@ import asyncio
 import gc
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -25,11 +24,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import bodies, codec, looplag, redis_client
 from .admission import Admission
 from .metrics import Metrics
+from .middleware import BodyLimit, Instrument
 from .responses import INDEX, SID
 from .schemas import (
     MAX_BATCH_ITEMS,
@@ -527,8 +526,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
-    app.add_middleware(_Instrument, metrics=state.metrics)  # added last = outermost: times everything
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(Instrument, metrics=state.metrics)  # added last = outermost: times everything
     _document_item_body(app)
     return app
 
@@ -546,77 +545,6 @@ def _document_item_body(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-class _BodyLimit:
-    """413 for request bodies over `limit` bytes, before they are parsed.
-
-    Starlette's own limit answers in plain text; this one keeps the API's `{"detail": ...}` JSON.
-    """
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            return await JSONResponse(self._detail, status_code=413)(scope, receive, send)
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:  # chunked upload: no declared length to check up front
-                raise HTTPException(413, self._detail["detail"])  # FastAPI answers it as JSON
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-    @property
-    def _detail(self) -> dict[str, str]:
-        return {"detail": f"request body larger than the limit of {self.limit} bytes (SIDSERVE_MAX_BODY_BYTES)"}
-
-
-class _Instrument:
-    """Request count and latency per route template (not raw path: bounded label values).
-
-    Pure ASGI rather than BaseHTTPMiddleware, which adds a task and a stream per request. The
-    labelled series are looked up once per (route, method, status), not per request: prometheus-
-    client's labels() cost ~10 us a call, and there are few such triples (route templates, the
-    methods the HTTP parser accepts, statuses).
-    """
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
-        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # -> (latency, requests) children
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            key = (getattr(scope.get("route"), "path", "unmatched"), scope["method"], status)
-            series = self._series.get(key)
-            if series is None:
-                endpoint, method, _ = key
-                series = self._series[key] = (
-                    self.metrics.latency.labels(endpoint, method), self.metrics.requests.labels(endpoint, method, str(status))
-                )  # fmt: skip
-            series[0].observe(time.perf_counter() - start)
-            series[1].inc()
 
 
 def __getattr__(name: str) -> Any:
