@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .hist import LatencyHistogram
+from .rawhttp import Request
 
 PR_SET_TIMERSLACK = 29
 
@@ -100,7 +101,7 @@ class RequestKind:
     """One kind of request in a scenario (a mix has several)."""
 
     name: str
-    make: Callable[[int], bytes]  # the i-th request of this kind, encoded (rawhttp.encode_request)
+    make: Callable[[int], Request]  # the i-th request of this kind, encoded (rawhttp.encode_request)
     expect_status: int = 200
     check: Callable[[bytes], str | None] | None = None  # sampled responses: None if fine, else why
     items_per_request: int = 1  # items carried (uploads) or IDs asked (fetch), for items/s

@@ -109,12 +109,16 @@ def upload_single_maker(host: str, frags: list[bytes], id_prefix: str) -> Callab
     return make
 
 
-def upload_batch_maker(host: str, rows: np.ndarray, id_prefix: str, batch: int, binary: bool = False) -> Callable[[int], bytes]:
+def upload_batch_maker(
+    host: str, rows: np.ndarray, id_prefix: str, batch: int, binary: bool = False
+) -> Callable[[int], bytearray]:
     """Batch i holds items i * batch ... i * batch + batch - 1 (IDs zero-padded to ID_DIGITS), item j
     with embedding rows[j % len(rows)], as a JSON body or (binary) the compact one of
-    sidserve.codec. Each request is a copy of one pre-built request with its ID digits
-    overwritten: ~1 ms at 1,000 items and D = 384 (4.2 MB of JSON) instead of ~5 ms to join 2,000
-    parts, during which the generator sent the next requests late."""
+    sidserve.codec. Each request is a copy of one pre-built request whose ID digits are written in
+    one numpy scatter, returned as the bytearray (no copy to bytes): 0.3-0.4 ms at 1,000 items and
+    D = 384 (4.2 MB of JSON). The generator builds it in its loop at send time, so every
+    millisecond here delays the sends scheduled meanwhile: a copy plus 1,000 slice assignments and
+    a copy to bytes took ~0.9 ms (max 2.5), and joining 2,000 parts ~5 ms."""
     x = rows[np.arange(batch) % len(rows)]
     placeholder = f"{id_prefix}{0:0{ID_DIGITS}d}".encode()  # each item's ID, digits overwritten per request
     if binary:
@@ -128,12 +132,15 @@ def upload_batch_maker(host: str, rows: np.ndarray, id_prefix: str, batch: int, 
     digits = [m.start() + len(id_prefix.encode()) for m in re.finditer(re.escape(placeholder), template)]
     if len(digits) != batch:
         raise ValueError(f"found {len(digits)} ID placeholders for {batch} items (is {id_prefix!r} in the data?)")
+    at = np.array(digits)[:, None] + np.arange(ID_DIGITS)  # [batch, ID_DIGITS] byte positions
+    place = 10 ** np.arange(ID_DIGITS - 1, -1, -1, dtype=np.int64)  # each digit's place value
+    numbers = np.arange(batch, dtype=np.int64)
 
-    def make(i: int) -> bytes:
+    def make(i: int) -> bytearray:
         request = bytearray(template)
-        for j, at in enumerate(digits):
-            request[at : at + ID_DIGITS] = b"%0*d" % (ID_DIGITS, i * batch + j)
-        return bytes(request)
+        ascii_digits = (i * batch + numbers)[:, None] // place % 10 + ord("0")
+        np.frombuffer(request, dtype=np.uint8)[at] = ascii_digits
+        return request
 
     return make
 

@@ -4,6 +4,7 @@ key popularity, and the raw HTTP client's framing."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 
 import numpy as np
@@ -174,6 +175,96 @@ def test_driver_counts_errors_and_transport_failures():
     assert t.ok == 0 and sum(t.errors.values()) == 20
     assert t.errors["http_503"] >= 1
     assert t.latency.count == 20 and t.ok_latency.count == 0  # failed answers are not in the ok latency
+
+
+def test_large_bodies_are_written_in_slices_and_arrive_whole():
+    """A body larger than SEND_SLICE_BYTES goes out one slice per loop turn, so the generator's
+    loop is not held by one multi-MB write: it arrives byte for byte, and small requests on other
+    connections are answered while it is being sent."""
+    big = bytes(range(256)) * (3 * rawhttp.SEND_SLICE_BYTES // 256 + 7)  # ~3 slices, not a multiple
+    digest = hashlib.sha256(big).hexdigest().encode()
+
+    async def main():
+        async def handle(reader, writer):
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    writer.close()
+                    return
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                answer = hashlib.sha256(await reader.readexactly(length)).hexdigest().encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = rawhttp.RawHttpPool("127.0.0.1", port)
+        await pool.warm(2)
+        done: list[tuple[str, float, int, bytes]] = []
+        finished = asyncio.Event()
+
+        def on_done(name: str):
+            def cb(status, body, t_sent, t_done, error):
+                done.append((name, t_done, status, body))
+                if len(done) == 2:
+                    finished.set()
+            return cb
+
+        pool.submit(rawhttp.encode_request("POST", "/", pool.host_header, big), on_done("big"))
+        pool.submit(rawhttp.encode_request("POST", "/", pool.host_header, b"x"), on_done("small"))
+        await asyncio.wait_for(finished.wait(), 10)
+        pool.close()
+        server.close()
+        await server.wait_closed()
+        return done
+
+    done = driver.run(main())
+    answers = {name: (status, body) for name, _, status, body in done}
+    assert answers["big"] == (200, digest)
+    assert answers["small"] == (200, hashlib.sha256(b"x").hexdigest().encode())
+    assert [name for name, *_ in done] == ["small", "big"]  # sent second, answered first
+
+
+def test_an_answer_before_the_whole_body_retires_the_connection():
+    """A server that answers (413) while a large body is still being written: the answer reaches
+    the caller, and that connection is closed, not reused for the next request."""
+
+    async def main():
+        hung_up = asyncio.Event()
+
+        async def handle(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 3\r\n\r\nbig")
+            try:  # the rest of the body, until the client hangs up
+                while await reader.read(1 << 16):
+                    pass
+            except ConnectionError:
+                pass
+            writer.close()
+            hung_up.set()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = rawhttp.RawHttpPool("127.0.0.1", port)
+        await pool.warm(1)
+        statuses: list[int] = []
+        answered = asyncio.Event()
+
+        def cb(status, body, t_sent, t_done, error):
+            statuses.append(status)
+            answered.set()
+
+        pool.submit(rawhttp.encode_request("POST", "/", pool.host_header, b"y" * (32 * rawhttp.SEND_SLICE_BYTES)), cb)
+        await asyncio.wait_for(answered.wait(), 10)
+        idle_after = len(pool.idle)
+        await asyncio.wait_for(hung_up.wait(), 10)  # the client closed the connection itself
+        pool.close()
+        server.close()
+        return statuses, idle_after
+
+    statuses, idle_after = driver.run(main())
+    assert statuses == [413]
+    assert idle_after == 0  # the connection was closed, not put back as idle
 
 
 def test_chunked_response_is_parsed():
