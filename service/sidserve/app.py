@@ -406,7 +406,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         On a Redis Cluster (SIDSERVE_REDIS_CLUSTER) the write is one call per hash-tag group:
         each group's items are written all or nothing, the batch as a whole is not. If a node
         fails mid-batch the answer is 503 and some groups may already be stored; re-sending the
-        same batch (idempotent) completes it, those items then answer `unchanged`.
+        same batch (idempotent) completes it, those items then answer `unchanged`. The same holds
+        on a single Redis with SIDSERVE_WRITE_CHUNK_ITEMS set: the batch is written in calls of
+        that many items, each all or nothing (shorter stalls for the reads sharing that Redis).
 
         Two request bodies: JSON (`{"items": [{"item_id", "embedding"}]}`), or the compact binary
         `application/x-sidserve-embeddings` (float32, no per-float parsing; the Python client

@@ -122,6 +122,14 @@ class Settings(BaseSettings):
         "for corpora of 100M+ items (+1.26 B per item). Like the bucket bits, the first writer of a model "
         "version records it and later processes adopt the recorded value.",
     )  # fmt: skip
+    write_chunk_items: NonNegativeInt = Field(
+        default=0,
+        description="0 (default): a batch is written in Redis in one atomic call per model version, all or "
+        "nothing. n > 0: in calls of n items, each atomic, the batch as a whole not (a failure between calls "
+        "answers 503 with the earlier calls applied; re-sending the batch completes it). Each call holds Redis "
+        "~6.4 us per item, stalling every read behind it: 256 cut the fetches' p99 beside 1,000-item batch "
+        "uploads by 36-48 % in the load test.",
+    )
     cache_ttl_s: NonNegativeFloat = Field(
         default=5.0,
         description="Per-process cache of hot items' SIDs and feature rows (sidserve.lookup): while this "

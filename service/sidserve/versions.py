@@ -148,6 +148,7 @@ def load_servings(
         store = SidStore(
             redis, model.version, model.levels, model.codebook_size, s.key_prefix, s.store_bucket_bits,
             collision_index=s.collision_index, fingerprint_bytes=s.store_fingerprint_bytes,
+            write_chunk_items=s.write_chunk_items,
         )  # fmt: skip
         lookup = FeatureLookup(store, features, s.cache_ttl_s, s.cache_max_items, s.cache_max_age_s, on_lookup=on_cache)
         encoder = FeaturesEncoder(model.version, features_out, lookup.layout)

@@ -141,6 +141,50 @@ def test_write_is_one_function_call_all_or_nothing(redis_url: str) -> None:
     asyncio.run(main())
 
 
+def test_chunked_writes_are_one_call_per_chunk_and_atomic_per_chunk(redis_url: str) -> None:
+    """write_chunk_items = 4: 10 items go in calls of 4, 4 and 2, in order (a repeated ID's last
+    occurrence wins); a call that fails leaves the earlier calls applied and the later ones unsent.
+    With the collision index the chunks share the SID counters: k's stay 0, 1, 2, ... per SID."""
+    r = redis.Redis.from_url(redis_url)
+
+    async def main() -> None:
+        store = SidStore(connect(redis_url, 0.25, 0.5, 8), "0123456789abcdef", 3, 16, write_chunk_items=4)
+        await store.prepare()
+        await store.read(["warm-up"])
+        ids = _ids(9)
+        codes = np.arange(30).reshape(10, 3) % 16
+        before = _calls(r)
+        statuses = await store.write([*ids, ids[0]], codes)  # ids[0] again, last
+        assert statuses == ["created"] * 9 + ["updated"]
+        assert _delta(before, _calls(r))["fcall"] == 3
+        got, known = await store.read(ids)
+        assert known.all() and got.tolist() == [codes[9].tolist(), *codes[1:9].tolist()]
+
+        # The third item's bucket holds a foreign type: the first call (items 0-3) fails, so
+        # nothing is written; with the foreign key in the second call, the first call stays applied.
+        for failing_call, applied in ((0, 0), (1, 4)):
+            fresh = _ids(10)
+            keys, _ = store.locate(fresh)
+            bad = keys[4 * failing_call + 2]
+            saved = r.dump(bad)
+            r.set(bad, b"not a hash")
+            with pytest.raises(StorageUnavailable, match="WRONGTYPE"):
+                await store.write(fresh, np.full((10, 3), 7))
+            r.delete(bad)
+            if saved is not None:
+                r.restore(bad, 0, saved)
+            assert (await store.read(fresh))[1].tolist() == [True] * applied + [False] * (10 - applied)
+
+        indexed = SidStore(connect(redis_url, 0.25, 0.5, 8), "fedcba9876543210", 3, 16, collision_index=True,
+                           write_chunk_items=4)  # fmt: skip
+        statuses, ks = await indexed.write_indexed(_ids(10), np.ones((10, 3), dtype=np.int64))  # one SID
+        assert statuses == ["created"] * 10 and ks.tolist() == list(range(10))
+        for s in (store, indexed):
+            await s.redis.aclose()
+
+    asyncio.run(main())
+
+
 def test_functions_reloaded_after_flush(redis_url: str) -> None:
     """A Redis that lost the function library (restart, FUNCTION FLUSH): load it again, retry once."""
     r = redis.Redis.from_url(redis_url)
