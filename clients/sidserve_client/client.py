@@ -207,8 +207,9 @@ class SidServeClient:
         return self._run(_upsert_item(item_id, embedding))
 
     def upsert_items(self, item_ids: Sequence[str], embeddings: Any) -> list[ItemWrite]:
-        """Upload many items, `batch_size` per call. Each call is all-or-nothing; an error in a
-        later chunk leaves the earlier chunks written (re-sending them is harmless)."""
+        """Upload many items, `batch_size` per call. Each call is all-or-nothing (per hash-tag group
+        on a Redis Cluster, per Redis call where the service sets SIDSERVE_WRITE_CHUNK_ITEMS); an
+        error in a later chunk leaves the earlier chunks written (re-sending them is harmless)."""
         return [w for call in _upsert_batches(item_ids, embeddings, self.batch_size) for w in self._run(call)]
 
     def get_item(self, item_id: str, version: str | None = None) -> ItemSid:
