@@ -129,10 +129,9 @@ class Result:
 async def run_backfill(
     model: SidModel, store: SidStore, corpus: Corpus, checkpoint: Checkpoint, *, batch_size: int = 16_384,
     threads: int = 2, max_batches: int | None = None, start: int | None = None, progress: bool = True,
-    write_size: int = 512,
 ) -> Result:  # fmt: skip
     """Encode and store rows [start, N) batch by batch, checkpointing after each stored batch.
-    Each batch is written in order, in Redis calls of up to `write_size` items.
+    Each batch is one store.write (in Redis calls of the store's write_chunk_items).
 
     Up to `threads` batches are being encoded while the oldest finished one is written, so the
     encoder threads never wait for Redis; batches are stored and checkpointed in order.
@@ -169,11 +168,8 @@ async def run_backfill(
                 offset, future = window.popleft()
                 codes = await future
                 submit()
-                for at in range(0, len(codes), write_size):
-                    part = codes[at : at + write_size]
-                    ids = corpus.ids[offset + at : offset + at + len(part)]
-                    for status in await store.write(ids, part):
-                        statuses[status] += 1
+                for status in await store.write(corpus.ids[offset : offset + len(codes)], codes):
+                    statuses[status] += 1
                 end = offset + len(codes)
                 checkpoint.save(end, n)
                 bar.update(len(codes))
@@ -245,13 +241,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             store = SidStore(
                 redis, model.version, model.levels, model.codebook_size, args.key_prefix, args.bucket_bits,
                 collision_index=args.collision_index, fingerprint_bytes=args.fingerprint_bytes,
+                write_chunk_items=args.write_size,
             )  # fmt: skip
             warning = await store.capacity_warning(len(corpus.ids))
             if warning:  # go on: the items are still stored and found, only less compactly
                 print(f"sidserve-backfill: warning: {warning}", file=sys.stderr)
             return await run_backfill(
                 model, store, corpus, checkpoint, batch_size=args.batch_size, threads=args.threads,
-                write_size=args.write_size, max_batches=args.max_batches, start=0 if args.restart else None, progress=not args.no_progress,
+                max_batches=args.max_batches, start=0 if args.restart else None, progress=not args.no_progress,
             )  # fmt: skip
         finally:
             await redis.aclose()

@@ -108,6 +108,16 @@ def test_zipf_sampler_skew_and_uniform():
     assert workload.item_id(7) == "item-00000007"
 
 
+async def _read_request(reader: asyncio.StreamReader) -> bytes | None:
+    """The body of the next request on a test server's connection; None when the client hung up."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    return await reader.readexactly(length)
+
+
 def test_driver_open_model_against_a_tiny_server():
     """The driver sends on schedule whatever the server does, and latency counts from the
     intended time: a server that stalls 50 ms once shows it in the latency, not in fewer sends."""
@@ -116,18 +126,12 @@ def test_driver_open_model_against_a_tiny_server():
         stalled = []
 
         async def handle(reader, writer):
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    writer.close()
-                    return
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                body = await reader.readexactly(length)
+            while (body := await _read_request(reader)) is not None:
                 if body == b"stall" and not stalled:
                     stalled.append(1)
                     await asyncio.sleep(0.05)
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: x\r\n\r\nok")
+            writer.close()
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -186,15 +190,10 @@ def test_large_bodies_are_written_in_slices_and_arrive_whole():
 
     async def main():
         async def handle(reader, writer):
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    writer.close()
-                    return
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                answer = hashlib.sha256(await reader.readexactly(length)).hexdigest().encode()
+            while (body := await _read_request(reader)) is not None:
+                answer = hashlib.sha256(body).hexdigest().encode()
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+            writer.close()
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
